@@ -1,0 +1,35 @@
+//! Domain values. Each type can only be built by parsing, so a value in hand is valid.
+
+mod currency;
+mod ids;
+mod money;
+mod order;
+mod product;
+mod quantity;
+mod status;
+mod text;
+
+pub use currency::Currency;
+pub use ids::{OrderId, ProductId};
+pub use money::Money;
+pub use order::{Order, OrderLine, OrderLines, StatusChange, MAX_ORDER_LINES};
+pub use product::{Product, StockDelta};
+pub use quantity::Quantity;
+pub use status::{Actor, OrderStatus, StockEffect};
+pub use text::{AdjustmentReason, CustomerId, Description, IdempotencyKey, ProductName, Sku};
+
+/// A rule broken by one field of a request; `field` is the JSON path the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

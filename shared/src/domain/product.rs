@@ -1,0 +1,45 @@
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{Currency, Description, Money, ProductId, ProductName, Sku};
+
+/// A product with its stock. The database keeps `0 <= reserved <= inventory`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub id: ProductId,
+    pub sku: Option<Sku>,
+    pub name: ProductName,
+    pub description: Option<Description>,
+    pub price: Money,
+    pub currency: Currency,
+    /// Stock on hand.
+    pub inventory: i64,
+    /// Held by open orders.
+    pub reserved: i64,
+    pub available: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A non-zero change of stock on hand, as an inventory adjustment asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockDelta(i64);
+
+impl StockDelta {
+    /// Bounded so that `inventory + delta` can never overflow the column.
+    pub const LIMIT: i64 = 1_000_000_000;
+
+    pub fn parse_number(literal: &str) -> Result<Self, &'static str> {
+        const RULE: &str = "must be a non-zero integer between -1000000000 and 1000000000";
+        let value: i64 = literal.parse().map_err(|_| RULE)?;
+        if value == 0 || value.abs() > Self::LIMIT {
+            return Err(RULE);
+        }
+        Ok(Self(value))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}

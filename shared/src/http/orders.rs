@@ -1,0 +1,188 @@
+use lambda_http::http::HeaderValue;
+use lambda_http::{Body, Request, Response};
+
+use super::{
+    json_body, json_response, query, raw_json_response, request_id, with_location, ApiError,
+    ApiState, Json, JsonObject,
+};
+use crate::domain::{
+    CustomerId, FieldError, IdempotencyKey, OrderId, OrderLines, OrderStatus, ProductId, Quantity,
+};
+use crate::store::{self, CreateOrderOutcome, Listing, NewOrder, OrderIdempotency, PageRequest};
+
+const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+fn path_id(raw: &str) -> Result<OrderId, ApiError> {
+    OrderId::parse(raw).ok_or(ApiError::NotFound)
+}
+
+/// Reads one `{productId, quantity}` line (an item, or the seed form's whole body).
+fn read_line(
+    object: &mut JsonObject<'_>,
+    errors: &mut Vec<FieldError>,
+) -> Result<Option<(ProductId, Quantity)>, ApiError> {
+    let product = match object.string("productId")? {
+        Some(raw) => ProductId::parse(&raw).or_else(|| {
+            errors.push(object.invalid("productId", "must be a product id (UUID)"));
+            None
+        }),
+        None => {
+            errors.push(object.invalid("productId", "is required"));
+            None
+        }
+    };
+    let quantity = match object.number("quantity")? {
+        Some(literal) => Quantity::parse_number(literal)
+            .map_err(|message| errors.push(object.invalid("quantity", message)))
+            .ok(),
+        None => {
+            errors.push(object.invalid("quantity", "is required"));
+            None
+        }
+    };
+    Ok(product.zip(quantity))
+}
+
+fn parse_new_order(request: &Request) -> Result<NewOrder, ApiError> {
+    let mut body = json_body(request)?;
+    let mut errors = Vec::new();
+
+    // Seed-style clients send the status new orders get anyway; anything else is a request
+    // for a transition that only the processor or a status update may make.
+    match body.take("status") {
+        None | Some(Json::Null) => {}
+        Some(json) => {
+            if body.as_string("status", json)? != "pending" {
+                errors.push(FieldError::new("status", "new orders are always pending; omit it"));
+            }
+        }
+    }
+    let customer_id = match body.string("customerId")? {
+        Some(raw) => CustomerId::parse(&raw)
+            .map_err(|message| errors.push(FieldError::new("customerId", message)))
+            .ok(),
+        None => None,
+    };
+
+    let mut sent = Vec::new();
+    let field = match body.objects("items")? {
+        Some(items) => {
+            for message in ["productId", "quantity"] {
+                if body.take(message).is_some() {
+                    errors.push(FieldError::new(message, "cannot be combined with items"));
+                }
+            }
+            let count = items.len();
+            for mut item in items {
+                let line = read_line(&mut item, &mut errors)?;
+                item.finish(&mut errors);
+                sent.extend(line);
+            }
+            if count != sent.len() {
+                // Some lines were invalid; their errors are already named.
+                sent.clear();
+            }
+            "items"
+        }
+        None => {
+            sent.extend(read_line(&mut body, &mut errors)?);
+            "productId"
+        }
+    };
+    body.finish(&mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let lines = OrderLines::merge(sent, field).map_err(|e| ApiError::Validation(vec![e]))?;
+    Ok(NewOrder { lines, customer_id })
+}
+
+pub(super) async fn create(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
+    let key = match request.headers().get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|raw| IdempotencyKey::parse(raw).ok())
+                .ok_or_else(|| {
+                    ApiError::validation(IDEMPOTENCY_KEY, "must be 1 to 255 printable ASCII characters")
+                })?,
+        ),
+    };
+    let new = parse_new_order(request)?;
+    let idempotency = key.map(|key| OrderIdempotency {
+        key,
+        fingerprint: new.fingerprint(),
+    });
+    let outcome = store::create_order(&state.pool, &new, idempotency.as_ref(), &request_id(request)).await?;
+    let response = match outcome {
+        CreateOrderOutcome::Created { order, body, event } => {
+            if let Some(publisher) = &state.publisher {
+                publisher.publish_committed(&state.pool, &[event]).await;
+            }
+            with_location(raw_json_response(201, body), format!("/orders/{}", order.id))
+        }
+        CreateOrderOutcome::Replayed { order_id, body } => {
+            let mut response = with_location(raw_json_response(201, body), format!("/orders/{order_id}"));
+            response
+                .headers_mut()
+                .insert("Idempotency-Replayed", HeaderValue::from_static("true"));
+            response
+        }
+    };
+    Ok(response)
+}
+
+pub(super) async fn get(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
+    let order = store::get_order(&state.pool, path_id(id)?).await?;
+    json_response(200, &order)
+}
+
+pub(super) async fn list(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
+    let page = PageRequest::parse(Listing::Orders, query(request, "limit"), query(request, "cursor"));
+    let status = query(request, "status").map(|raw| {
+        OrderStatus::parse(raw).ok_or_else(|| FieldError::new("status", "is not an order status"))
+    });
+    let (page, status) = match (page, status) {
+        (Ok(page), None) => (page, None),
+        (Ok(page), Some(Ok(status))) => (page, Some(status)),
+        (page, status) => {
+            let mut errors = page.err().unwrap_or_default();
+            errors.extend(status.and_then(Result::err));
+            return Err(ApiError::Validation(errors));
+        }
+    };
+    let page = store::list_orders(&state.pool, status, page).await?;
+    json_response(200, &page)
+}
+
+pub(super) async fn update_status(
+    state: &ApiState,
+    id: &str,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let id = path_id(id)?;
+    let mut body = json_body(request)?;
+    let mut errors = Vec::new();
+    let status = match body.string("status")? {
+        Some(raw) => OrderStatus::parse(&raw)
+            .or_else(|| {
+                errors.push(FieldError::new("status", "is not an order status"));
+                None
+            }),
+        None => {
+            errors.push(FieldError::new("status", "is required"));
+            None
+        }
+    };
+    body.finish(&mut errors);
+    let (Some(status), true) = (status, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let (order, event) = store::update_order_status(&state.pool, id, status, &request_id(request)).await?;
+    if let (Some(publisher), Some(event)) = (&state.publisher, event) {
+        publisher.publish_committed(&state.pool, &[event]).await;
+    }
+    json_response(200, &order)
+}

@@ -1,0 +1,163 @@
+//! The HTTP layer's one error type and its problem responses (RFC 9457).
+
+use lambda_http::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use lambda_http::{Body, Response};
+use serde_json::{json, Map, Value};
+
+use crate::domain::{FieldError, OrderStatus, ProductId};
+use crate::store::{Shortage, StoreError};
+use crate::telemetry::error_chain;
+
+/// Everything a request can end in besides success. Each variant is exactly one problem
+/// type of API.md.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("unknown products")]
+    UnknownProducts(Vec<ProductId>),
+    #[error("not found")]
+    NotFound,
+    #[error("insufficient stock")]
+    InsufficientStock(Vec<Shortage>),
+    #[error("invalid transition from {from} to {to}")]
+    InvalidTransition {
+        from: OrderStatus,
+        to: OrderStatus,
+        allowed: Vec<OrderStatus>,
+    },
+    #[error("duplicate sku")]
+    DuplicateSku,
+    #[error("idempotency key reused")]
+    IdempotencyKeyReuse,
+    #[error("request in progress")]
+    RequestInProgress,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type {0}")]
+    UnsupportedMediaType(String),
+    #[error("dependency unavailable")]
+    Unavailable(#[source] StoreError),
+    /// A bug of ours: logged with its cause chain, shown to nobody.
+    #[error("internal error")]
+    Internal(#[source] StoreError),
+}
+
+impl ApiError {
+    pub fn validation(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Validation(vec![FieldError::new(field, message)])
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::UnknownProducts(ids) => ApiError::UnknownProducts(ids),
+            StoreError::MixedCurrencies => ApiError::validation(
+                "items",
+                "all products of an order must be priced in one currency",
+            ),
+            StoreError::InsufficientStock(shortages) => ApiError::InsufficientStock(shortages),
+            StoreError::DuplicateSku => ApiError::DuplicateSku,
+            StoreError::InvalidTransition { from, to, allowed } => {
+                ApiError::InvalidTransition { from, to, allowed }
+            }
+            StoreError::IdempotencyKeyReuse => ApiError::IdempotencyKeyReuse,
+            StoreError::RequestInProgress => ApiError::RequestInProgress,
+            e @ StoreError::Unavailable(_) => ApiError::Unavailable(e),
+            e @ (StoreError::Database(_) | StoreError::Corrupt(_)) => ApiError::Internal(e),
+        }
+    }
+}
+
+/// Seconds a client should wait before retrying when the database is away.
+const RETRY_AFTER_SECONDS: &str = "2";
+
+impl ApiError {
+    fn problem(&self) -> (u16, &'static str, &'static str, String, Map<String, Value>) {
+        let mut extra = Map::new();
+        let (status, kind, title, detail) = match self {
+            ApiError::Malformed(detail) => (400, "malformed-request", "Malformed request", detail.clone()),
+            ApiError::Validation(errors) => {
+                extra.insert("errors".into(), json!(errors));
+                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                (
+                    422,
+                    "validation",
+                    "Validation failed",
+                    format!("invalid fields: {}", fields.join(", ")),
+                )
+            }
+            ApiError::UnknownProducts(ids) => {
+                extra.insert("productIds".into(), json!(ids));
+                (422, "unknown-product", "Unknown product", "the order names products that do not exist".into())
+            }
+            ApiError::NotFound => (404, "not-found", "Not found", "no resource at this address".into()),
+            ApiError::InsufficientStock(shortages) => {
+                extra.insert("shortages".into(), json!(shortages));
+                (409, "insufficient-stock", "Insufficient stock", "not enough stock is available".into())
+            }
+            ApiError::InvalidTransition { from, to, allowed } => {
+                extra.insert("from".into(), json!(from));
+                extra.insert("to".into(), json!(to));
+                extra.insert("allowed".into(), json!(allowed));
+                (409, "invalid-transition", "Invalid status transition", format!("an order cannot go from {from} to {to}"))
+            }
+            ApiError::DuplicateSku => (409, "duplicate-sku", "Duplicate SKU", "a product with this sku already exists".into()),
+            ApiError::IdempotencyKeyReuse => (
+                422,
+                "idempotency-key-reuse",
+                "Idempotency key reused",
+                "this Idempotency-Key was used with a different request".into(),
+            ),
+            ApiError::RequestInProgress => (
+                409,
+                "request-in-progress",
+                "Request in progress",
+                "a request with this Idempotency-Key is still being handled; retry shortly".into(),
+            ),
+            ApiError::PayloadTooLarge => (413, "payload-too-large", "Payload too large", "the body must be at most 64 KiB".into()),
+            ApiError::UnsupportedMediaType(media) => (
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                format!("the body must be application/json, not {media}"),
+            ),
+            ApiError::Unavailable(_) => (
+                503,
+                "unavailable",
+                "Service unavailable",
+                "a dependency is unavailable; retry later".into(),
+            ),
+            ApiError::Internal(_) => (500, "internal", "Internal error", "an unexpected error occurred".into()),
+        };
+        (status, kind, title, detail, extra)
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = %error_chain(e), "request failed"),
+            ApiError::Unavailable(e) => tracing::warn!(error = %error_chain(e), "dependency unavailable"),
+            other => tracing::info!(problem = %other, "request refused"),
+        }
+        let (status, kind, title, detail, extra) = self.problem();
+        let mut body = Map::new();
+        body.insert("type".into(), json!(format!("/problems/{kind}")));
+        body.insert("title".into(), json!(title));
+        body.insert("status".into(), json!(status));
+        body.insert("detail".into(), json!(detail));
+        body.extend(extra);
+        let mut response = Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, "application/problem+json");
+        if status == 503 {
+            response = response.header(RETRY_AFTER, RETRY_AFTER_SECONDS);
+        }
+        response
+            .body(Body::Text(Value::Object(body).to_string()))
+            .unwrap_or_else(|_| Response::new(Body::Empty))
+    }
+}

@@ -1,0 +1,163 @@
+use lambda_http::{Body, Request, Response};
+
+use super::{json_body, json_response, query, with_location, ApiError, ApiState, Json};
+use crate::domain::{
+    AdjustmentReason, Currency, Description, FieldError, Money, ProductId, ProductName, Sku,
+    StockDelta,
+};
+use crate::store::{self, Listing, NewProduct, PageRequest, ProductPatch};
+
+const MAX_INITIAL_INVENTORY: i64 = 1_000_000_000;
+
+fn path_id(raw: &str) -> Result<ProductId, ApiError> {
+    ProductId::parse(raw).ok_or(ApiError::NotFound)
+}
+
+/// Collects the outcome of parsing one field: the value, or its error pushed to `errors`.
+fn keep<T>(errors: &mut Vec<FieldError>, field: &str, parsed: Result<T, &str>) -> Option<T> {
+    parsed.map_err(|message| errors.push(FieldError::new(field, message))).ok()
+}
+
+pub(super) async fn create(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
+    let mut body = json_body(request)?;
+    let mut errors = Vec::new();
+
+    let name = match body.string("name")? {
+        Some(raw) => keep(&mut errors, "name", ProductName::parse(&raw)),
+        None => keep(&mut errors, "name", Err("is required")),
+    };
+    let price = match body.decimal("price")? {
+        Some(raw) => keep(&mut errors, "price", Money::parse_price(&raw)),
+        None => keep(&mut errors, "price", Err("is required")),
+    };
+    let inventory = match body.number("inventory")? {
+        Some(literal) => keep(
+            &mut errors,
+            "inventory",
+            literal
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (0..=MAX_INITIAL_INVENTORY).contains(n))
+                .ok_or("must be an integer between 0 and 1000000000"),
+        ),
+        None => keep(&mut errors, "inventory", Err("is required")),
+    };
+    let description = match body.string("description")? {
+        Some(raw) => keep(&mut errors, "description", Description::parse(&raw)).map(Some),
+        None => Some(None),
+    };
+    let sku = match body.string("sku")? {
+        Some(raw) => keep(&mut errors, "sku", Sku::parse(&raw)).map(Some),
+        None => Some(None),
+    };
+    let currency = match body.string("currency")? {
+        Some(raw) => keep(&mut errors, "currency", Currency::parse(&raw)),
+        None => Some(Currency::USD),
+    };
+    body.finish(&mut errors);
+
+    let (Some(name), Some(price), Some(inventory), Some(description), Some(sku), Some(currency), true) =
+        (name, price, inventory, description, sku, currency, errors.is_empty())
+    else {
+        return Err(ApiError::Validation(errors));
+    };
+    let product = store::create_product(
+        &state.pool,
+        &NewProduct {
+            sku,
+            name,
+            description,
+            price,
+            currency,
+            inventory,
+        },
+    )
+    .await?;
+    let location = format!("/products/{}", product.id);
+    Ok(with_location(json_response(201, &product)?, location))
+}
+
+pub(super) async fn get(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
+    let product = store::get_product(&state.pool, path_id(id)?).await?;
+    json_response(200, &product)
+}
+
+pub(super) async fn list(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
+    let page = PageRequest::parse(Listing::Products, query(request, "limit"), query(request, "cursor"))
+        .map_err(ApiError::Validation)?;
+    let page = store::list_products(&state.pool, page).await?;
+    json_response(200, &page)
+}
+
+pub(super) async fn update(
+    state: &ApiState,
+    id: &str,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let id = path_id(id)?;
+    let mut body = json_body(request)?;
+    let mut errors = Vec::new();
+    let mut patch = ProductPatch::default();
+
+    match body.take("name") {
+        None => {}
+        Some(Json::Null) => errors.push(FieldError::new("name", "cannot be null")),
+        Some(json) => {
+            let raw = body.as_string("name", json)?;
+            patch.name = keep(&mut errors, "name", ProductName::parse(&raw));
+        }
+    }
+    match body.take("description") {
+        None => {}
+        Some(Json::Null) => patch.description = Some(None),
+        Some(json) => {
+            let raw = body.as_string("description", json)?;
+            patch.description = keep(&mut errors, "description", Description::parse(&raw)).map(Some);
+        }
+    }
+    match body.take("price") {
+        None => {}
+        Some(Json::Null) => errors.push(FieldError::new("price", "cannot be null")),
+        Some(Json::Number(literal)) => {
+            patch.price = keep(&mut errors, "price", Money::parse_price(literal));
+        }
+        Some(json @ Json::String(_)) => {
+            let raw = body.as_string("price", json)?;
+            patch.price = keep(&mut errors, "price", Money::parse_price(&raw));
+        }
+        Some(Json::Other(_)) => return Err(body.wrong_type("price", "a number or a decimal string")),
+    }
+    body.finish(&mut errors);
+    if errors.is_empty() && patch.name.is_none() && patch.description.is_none() && patch.price.is_none() {
+        errors.push(FieldError::new("body", "must change at least one of name, description, price"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let product = store::update_product(&state.pool, id, &patch).await?;
+    json_response(200, &product)
+}
+
+pub(super) async fn adjust_inventory(
+    state: &ApiState,
+    id: &str,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let id = path_id(id)?;
+    let mut body = json_body(request)?;
+    let mut errors = Vec::new();
+    let delta = match body.number("delta")? {
+        Some(literal) => keep(&mut errors, "delta", StockDelta::parse_number(literal)),
+        None => keep(&mut errors, "delta", Err("is required")),
+    };
+    let reason = match body.string("reason")? {
+        Some(raw) => keep(&mut errors, "reason", AdjustmentReason::parse(&raw)),
+        None => keep(&mut errors, "reason", Err("is required")),
+    };
+    body.finish(&mut errors);
+    let (Some(delta), Some(reason), true) = (delta, reason, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let product = store::adjust_inventory(&state.pool, id, delta, &reason).await?;
+    json_response(200, &product)
+}

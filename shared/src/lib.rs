@@ -1,0 +1,13 @@
+//! Everything the order-system functions share, organised by what it is:
+//! `domain` (values that cannot be invalid and the order state machine), `store`
+//! (PostgreSQL, one transaction per use case), `messaging` (RabbitMQ events, outbox relay,
+//! the processor), `http` (API Gateway v2 glue and problem responses), `config` and
+//! `telemetry`.
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod messaging;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,161 @@
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use crate::config::BrokerConfig;
+
+/// How long to wait for the broker before treating it as down. A request never waits on the
+/// broker longer than this: its message stays in the outbox for the relay.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach the broker")]
+    Unreachable(#[source] lapin::Error),
+    #[error("the broker did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the broker refused an operation")]
+    Refused(#[source] lapin::Error),
+    #[error("the broker did not confirm message {0}")]
+    Nacked(String),
+    #[error("no queue is bound for routing key {0} (is the topology declared?)")]
+    Unroutable(String),
+}
+
+/// One message to publish: persistent, JSON, confirmed, and `mandatory` so that a message no
+/// queue would receive is an error rather than a silent drop.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl Outgoing {
+    pub fn message_id(&self) -> String {
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Builds the AMQP headers table from string and integer values.
+pub fn headers(entries: impl IntoIterator<Item = (&'static str, AMQPValue)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in entries {
+        table.insert(ShortString::from(name), value);
+    }
+    table
+}
+
+/// A lazily opened connection with one confirm-mode channel, reopened after the broker went
+/// away. Built once per execution environment; connecting is deferred to the first publish
+/// so a cold start never fails because the broker is down.
+pub struct Broker {
+    config: BrokerConfig,
+    channel: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig) -> Self {
+        Self {
+            config,
+            channel: Mutex::new(None),
+        }
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// The open confirm channel, (re)connecting if there is none.
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut guard = self.channel.lock().await;
+        if let Some((connection, channel)) = guard.as_ref() {
+            if connection.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        *guard = None;
+        let connect = async {
+            let connection = Connection::connect(&self.config.url, ConnectionProperties::default())
+                .await
+                .map_err(BrokerError::Unreachable)?;
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(BrokerError::Unreachable)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(BrokerError::Refused)?;
+            Ok::<_, BrokerError>((connection, channel))
+        };
+        let (connection, channel) = tokio::time::timeout(BROKER_TIMEOUT, connect)
+            .await
+            .map_err(|_| BrokerError::Timeout(BROKER_TIMEOUT))??;
+        *guard = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+
+    /// Forgets the connection so the next call reconnects (after an error on it).
+    pub async fn reset(&self) {
+        if let Some((connection, _)) = self.channel.lock().await.take() {
+            let _ = connection.close(200, "reset".into()).await;
+        }
+    }
+
+    /// Publishes every message, pipelined, and returns once the broker confirmed them all.
+    pub async fn publish(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let result = tokio::time::timeout(BROKER_TIMEOUT * 4, self.publish_confirmed(messages))
+            .await
+            .unwrap_or(Err(BrokerError::Timeout(BROKER_TIMEOUT * 4)));
+        if matches!(
+            result,
+            Err(BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::Refused(_))
+        ) {
+            self.reset().await;
+        }
+        result
+    }
+
+    async fn publish_confirmed(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let confirm = channel
+                .basic_publish(
+                    message.exchange.as_str().into(),
+                    message.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &message.body,
+                    message.properties.clone(),
+                )
+                .await
+                .map_err(BrokerError::Unreachable)?;
+            confirms.push(confirm);
+        }
+        for (confirm, message) in confirms.into_iter().zip(messages) {
+            let confirmation = confirm.await.map_err(BrokerError::Unreachable)?;
+            if confirmation.is_nack() {
+                return Err(BrokerError::Nacked(message.message_id()));
+            }
+            if confirmation.take_message().is_some() {
+                return Err(BrokerError::Unroutable(message.routing_key.clone()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+use std::time::Duration;
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::ExchangeKind;
+
+use super::{Broker, BrokerError};
+use crate::config::BrokerConfig;
+
+/// Delays before the 2nd, 3rd, 4th and 5th attempt of a message that failed for a passing
+/// reason: about a second growing to about ten minutes (API.md). A 5th failure parks it.
+pub const RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+    Duration::from_secs(600),
+];
+pub const MAX_ATTEMPTS: u32 = RETRY_DELAYS.len() as u32 + 1;
+
+/// The routing keys the processor acts on. Its own `processed`/`rejected` events are not
+/// among them, so they never come back to it.
+pub const PROCESSOR_BINDINGS: [&str; 3] = [
+    "order.created",
+    "order.status_changed.shipped",
+    "order.status_changed.cancelled",
+];
+
+/// Names of everything the order system declares on the broker. Tests give each run its own
+/// prefix so they never share a queue.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Topic exchange every order event is published to.
+    pub exchange: String,
+    /// The queue the event source mapping reads for `process-orders`.
+    pub queue: String,
+    /// One delay queue per retry: messages wait out their TTL there, then dead-letter
+    /// straight back into `queue` through the default exchange. One queue per delay because
+    /// RabbitMQ only expires the head of a queue: mixed delays in one queue would block.
+    pub retry_queues: Vec<(String, Duration)>,
+    /// Where messages that can never succeed are parked with their reason.
+    pub dead_letter_queue: String,
+    /// A bounded tail of every event (`order.#`), so every routing key has a queue and an
+    /// unroutable publish means a missing topology, not a normal case.
+    pub audit_queue: String,
+}
+
+/// Keep a week of events, at most a million, in the audit tail.
+const AUDIT_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+const AUDIT_MAX_LENGTH: i64 = 1_000_000;
+
+impl Topology {
+    pub fn new(config: &BrokerConfig) -> Self {
+        let prefix = &config.queue_prefix;
+        let queue = format!("{prefix}orders");
+        Self {
+            exchange: config.exchange.clone(),
+            retry_queues: RETRY_DELAYS
+                .iter()
+                .map(|delay| (format!("{queue}.retry.{}s", delay.as_secs()), *delay))
+                .collect(),
+            dead_letter_queue: format!("{queue}.dlq"),
+            audit_queue: format!("{queue}.audit"),
+            queue,
+        }
+    }
+
+    /// The delay queue for a message whose `attempt` (1-based) just failed.
+    pub fn retry_queue_after(&self, attempt: u32) -> Option<&str> {
+        self.retry_queues
+            .get(attempt.checked_sub(1)? as usize)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Declares everything; safe to run any number of times (every deploy and local start).
+    pub async fn declare(&self, broker: &Broker) -> Result<(), BrokerError> {
+        let channel = broker.channel().await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Refused)?;
+        channel
+            .queue_declare(self.queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .map_err(BrokerError::Refused)?;
+        for key in PROCESSOR_BINDINGS {
+            channel
+                .queue_bind(
+                    self.queue.as_str().into(),
+                    self.exchange.as_str().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(BrokerError::Refused)?;
+        }
+        for (name, delay) in &self.retry_queues {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                ShortString::from("x-message-ttl"),
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            );
+            arguments.insert(
+                ShortString::from("x-dead-letter-exchange"),
+                AMQPValue::LongString(LongString::from("")),
+            );
+            arguments.insert(
+                ShortString::from("x-dead-letter-routing-key"),
+                AMQPValue::LongString(LongString::from(self.queue.as_str())),
+            );
+            channel
+                .queue_declare(name.as_str().into(), durable, arguments)
+                .await
+                .map_err(BrokerError::Refused)?;
+        }
+        channel
+            .queue_declare(self.dead_letter_queue.as_str().into(), durable, FieldTable::default())
+            .await
+            .map_err(BrokerError::Refused)?;
+        let mut audit = FieldTable::default();
+        audit.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(AUDIT_TTL_MS));
+        audit.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(AUDIT_MAX_LENGTH));
+        channel
+            .queue_declare(self.audit_queue.as_str().into(), durable, audit)
+            .await
+            .map_err(BrokerError::Refused)?;
+        channel
+            .queue_bind(
+                self.audit_queue.as_str().into(),
+                self.exchange.as_str().into(),
+                "order.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Refused)?;
+        Ok(())
+    }
+
+    /// Removes everything `declare` made; tests call it to leave nothing behind.
+    pub async fn delete(&self, broker: &Broker) -> Result<(), BrokerError> {
+        let channel = broker.channel().await?;
+        let queues = [&self.queue, &self.dead_letter_queue, &self.audit_queue]
+            .into_iter()
+            .chain(self.retry_queues.iter().map(|(name, _)| name));
+        for queue in queues {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(BrokerError::Refused)?;
+        }
+        channel
+            .exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await
+            .map_err(BrokerError::Refused)?;
+        Ok(())
+    }
+}

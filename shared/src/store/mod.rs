@@ -1,0 +1,118 @@
+//! PostgreSQL access: one function per use case, each one transaction (or one atomic
+//! statement). Functions take a pool or a client so tests and handlers call them alike.
+
+mod orders;
+mod outbox;
+mod page;
+mod products;
+
+pub use orders::{
+    create_order, get_order, list_orders, update_order_status, CreateOrderOutcome, NewOrder,
+    OrderIdempotency,
+};
+pub use outbox::{
+    lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count,
+};
+pub use outbox::mark_published_with;
+pub use page::{Listing, Page, PageRequest};
+pub use products::{
+    adjust_inventory, create_product, get_product, list_products, update_product, NewProduct,
+    ProductPatch,
+};
+
+use deadpool_postgres::PoolError;
+use tokio_postgres::error::SqlState;
+
+use crate::domain::{OrderStatus, ProductId};
+
+/// Stock an order or adjustment asked for that is not there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shortage {
+    pub product_id: ProductId,
+    pub requested: i64,
+    pub available: i64,
+}
+
+/// Everything a store function can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("not found")]
+    NotFound,
+    #[error("unknown products")]
+    UnknownProducts(Vec<ProductId>),
+    #[error("products priced in different currencies")]
+    MixedCurrencies,
+    #[error("insufficient stock")]
+    InsufficientStock(Vec<Shortage>),
+    #[error("a product with this sku exists")]
+    DuplicateSku,
+    #[error("an order cannot go from {from} to {to}")]
+    InvalidTransition {
+        from: OrderStatus,
+        to: OrderStatus,
+        allowed: Vec<OrderStatus>,
+    },
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReuse,
+    #[error("a request with this idempotency key is still being handled")]
+    RequestInProgress,
+    #[error("unexpected database error")]
+    Database(#[source] tokio_postgres::Error),
+    #[error("stored data does not parse: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// A lost or refused connection is the database being away (503, retry); anything else
+/// from PostgreSQL is a bug of ours (500).
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if is_connection_failure(&error) {
+            StoreError::Unavailable(Box::new(error))
+        } else {
+            StoreError::Database(error)
+        }
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Backend(error) => error.into(),
+            other => StoreError::Unavailable(Box::new(other)),
+        }
+    }
+}
+
+fn is_connection_failure(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(code) = error.code() {
+        let code = code.code();
+        return code.starts_with("08")
+            || code.starts_with("57P")
+            || code == SqlState::TOO_MANY_CONNECTIONS.code()
+            || code == SqlState::READ_ONLY_SQL_TRANSACTION.code();
+    }
+    // tokio-postgres has no public error kind: connect, I/O and TLS failures carry an I/O
+    // or TLS source, a connect timeout only its message.
+    use std::error::Error as _;
+    error.source().is_some_and(|s| s.is::<std::io::Error>())
+        || matches!(
+            error.to_string().as_str(),
+            "timeout waiting for server" | "error performing TLS handshake" | "error connecting to server"
+        )
+}
+
+fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {value}"))
+}

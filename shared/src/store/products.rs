@@ -1,0 +1,182 @@
+use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Row;
+
+use super::{corrupt, Listing, Page, PageRequest, Shortage, StoreError};
+use crate::domain::{
+    AdjustmentReason, Currency, Description, Money, Product, ProductId, ProductName, Sku, StockDelta,
+};
+
+const COLUMNS: &str =
+    "id, sku, name, description, price, currency, inventory, reserved, created_at, updated_at";
+
+/// A product as `POST /products` asks for it.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub sku: Option<Sku>,
+    pub name: ProductName,
+    pub description: Option<Description>,
+    pub price: Money,
+    pub currency: Currency,
+    pub inventory: i64,
+}
+
+/// The fields `PATCH /products/{id}` may change; `None` leaves a field as it is, and
+/// `description: Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ProductPatch {
+    pub name: Option<ProductName>,
+    pub description: Option<Option<Description>>,
+    pub price: Option<Money>,
+}
+
+pub(crate) fn product_from_row(row: &Row) -> Result<Product, StoreError> {
+    let currency: String = row.try_get("currency")?;
+    let inventory: i64 = row.try_get("inventory")?;
+    let reserved: i64 = row.try_get("reserved")?;
+    Ok(Product {
+        id: ProductId::from_uuid(row.try_get("id")?),
+        sku: row.try_get::<_, Option<String>>("sku")?.map(Sku::from_db),
+        name: ProductName::from_db(row.try_get("name")?),
+        description: row
+            .try_get::<_, Option<String>>("description")?
+            .map(Description::from_db),
+        price: Money::from_db(row.try_get("price")?),
+        currency: Currency::parse(&currency).map_err(|_| corrupt("currency", &currency))?,
+        inventory,
+        reserved,
+        available: inventory - reserved,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Creates the product and, in the same statement, the ledger entry for its initial stock.
+pub async fn create_product(pool: &Pool, new: &NewProduct) -> Result<Product, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "WITH created AS (
+             INSERT INTO products (id, sku, name, description, price, currency, inventory)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING {COLUMNS}
+         ), ledger AS (
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
+             SELECT id, inventory, 0, 'initial' FROM created WHERE inventory > 0
+         )
+         SELECT {COLUMNS} FROM created"
+    );
+    let result = client
+        .query_one(
+            &sql,
+            &[
+                &ProductId::generate().as_uuid(),
+                &new.sku.as_ref().map(Sku::as_str),
+                &new.name.as_str(),
+                &new.description.as_ref().map(Description::as_str),
+                &new.price.as_decimal(),
+                &new.currency.as_str(),
+                &new.inventory,
+            ],
+        )
+        .await;
+    match result {
+        Ok(row) => product_from_row(&row),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::DuplicateSku),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn get_product(pool: &Pool, id: ProductId) -> Result<Product, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
+    let row = client
+        .query_opt(&sql, &[&id.as_uuid()])
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    product_from_row(&row)
+}
+
+pub async fn list_products(pool: &Pool, page: PageRequest) -> Result<Page<Product>, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "SELECT {COLUMNS} FROM products
+         WHERE $1::uuid IS NULL OR id > $1
+         ORDER BY id LIMIT $2"
+    );
+    let rows = client
+        .query(&sql, &[&page.after(), &(page.limit() + 1)])
+        .await?;
+    let products = rows.iter().map(product_from_row).collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(products, page, Listing::Products, |p| p.id.as_uuid()))
+}
+
+/// Changes name, description or price. Open orders keep the unit prices they snapshotted.
+pub async fn update_product(
+    pool: &Pool,
+    id: ProductId,
+    patch: &ProductPatch,
+) -> Result<Product, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "UPDATE products SET
+             name = coalesce($2, name),
+             description = CASE WHEN $3 THEN $4 ELSE description END,
+             price = coalesce($5, price),
+             updated_at = now()
+         WHERE id = $1
+         RETURNING {COLUMNS}"
+    );
+    let description = patch.description.as_ref();
+    let row = client
+        .query_opt(
+            &sql,
+            &[
+                &id.as_uuid(),
+                &patch.name.as_ref().map(ProductName::as_str),
+                &description.is_some(),
+                &description.and_then(|d| d.as_ref().map(Description::as_str)),
+                &patch.price.map(Money::as_decimal),
+            ],
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    product_from_row(&row)
+}
+
+/// Adds or removes stock on hand, never below what open orders hold, with its ledger entry,
+/// in one statement (so one atomic step without an explicit transaction).
+pub async fn adjust_inventory(
+    pool: &Pool,
+    id: ProductId,
+    delta: StockDelta,
+    reason: &AdjustmentReason,
+) -> Result<Product, StoreError> {
+    let client = pool.get().await?;
+    let sql = format!(
+        "WITH current AS (
+             SELECT id, inventory, reserved FROM products WHERE id = $1 FOR UPDATE
+         ), adjusted AS (
+             UPDATE products p SET inventory = p.inventory + $2, updated_at = now()
+             FROM current c
+             WHERE p.id = c.id AND c.inventory + $2 >= c.reserved
+             RETURNING p.*
+         ), ledger AS (
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, note)
+             SELECT id, $2, 0, 'adjustment', $3 FROM adjusted
+         )
+         SELECT c.inventory - c.reserved AS current_available, a.*
+         FROM current c LEFT JOIN adjusted a ON true"
+    );
+    let row = client
+        .query_opt(&sql, &[&id.as_uuid(), &delta.get(), &reason.as_str()])
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    if row.try_get::<_, Option<uuid::Uuid>>("id")?.is_none() {
+        return Err(StoreError::InsufficientStock(vec![Shortage {
+            product_id: id,
+            requested: -delta.get(),
+            available: row.try_get("current_available")?,
+        }]));
+    }
+    product_from_row(&row)
+}
