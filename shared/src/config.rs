@@ -31,10 +31,13 @@ where
 {
     match std::env::var(name) {
         Ok(value) if !value.trim().is_empty() => {
-            value.trim().parse().map_err(|e: T::Err| ConfigError::Malformed {
-                name,
-                reason: e.to_string(),
-            })
+            value
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Malformed {
+                    name,
+                    reason: e.to_string(),
+                })
         }
         _ => Ok(default),
     }
@@ -79,10 +82,12 @@ impl DatabaseConfig {
     }
 
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
-        let connect = url.parse().map_err(|e: tokio_postgres::Error| ConfigError::Malformed {
-            name: "DATABASE_URL",
-            reason: e.to_string(),
-        })?;
+        let connect = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| ConfigError::Malformed {
+                name: "DATABASE_URL",
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             connect,
             pool_size: 1,

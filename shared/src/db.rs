@@ -41,7 +41,9 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
         })
 }
 
-fn tls_connector(config: &DatabaseConfig) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConfigError> {
+fn tls_connector(
+    config: &DatabaseConfig,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConfigError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 

@@ -1,1 +1,27 @@
-//! Test support.
+//! Test support: a fresh database per test, RabbitMQ names per test, and real API Gateway v2
+//! and RabbitMQ event payloads built from AWS's own fixture shapes.
+
+pub mod api;
+pub mod broker;
+pub mod database;
+
+pub use api::{Api, TestResponse};
+pub use broker::TestBroker;
+pub use database::TestDb;
+
+/// The PostgreSQL server tests create their databases on.
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
+}
+
+/// The RabbitMQ broker tests declare their own queues on.
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A short unique name part for this test's database, exchange and queues.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}

@@ -20,7 +20,8 @@ impl Money {
     /// Parses a price from the exact text the client sent (a JSON number's literal or a
     /// string), never through a float.
     pub fn parse_price(text: &str) -> Result<Self, &'static str> {
-        const RULE: &str = "must be a decimal between 0 and 999999999.99 with at most 2 fractional digits";
+        const RULE: &str =
+            "must be a decimal between 0 and 999999999.99 with at most 2 fractional digits";
         let text = text.trim();
         let parsed = if text.contains(['e', 'E']) {
             Decimal::from_scientific(text)
@@ -28,7 +29,10 @@ impl Money {
             Decimal::from_str_exact(text)
         };
         let value = parsed.map_err(|_| RULE)?.normalize();
-        if value.is_sign_negative() && !value.is_zero() || value.scale() > 2 || value > Self::MAX_PRICE {
+        if value.is_sign_negative() && !value.is_zero()
+            || value.scale() > 2
+            || value > Self::MAX_PRICE
+        {
             return Err(RULE);
         }
         Ok(Self::from_decimal_unchecked(value))
@@ -90,7 +94,10 @@ mod tests {
         assert_eq!(Money::parse_price("5").unwrap().to_string(), "5.00");
         assert_eq!(Money::parse_price("0.10").unwrap().to_string(), "0.10");
         assert_eq!(Money::parse_price("1.5e1").unwrap().to_string(), "15.00");
-        assert_eq!(Money::parse_price("999999999.99").unwrap().to_string(), "999999999.99");
+        assert_eq!(
+            Money::parse_price("999999999.99").unwrap().to_string(),
+            "999999999.99"
+        );
     }
 
     #[test]

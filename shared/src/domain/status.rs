@@ -100,7 +100,12 @@ mod tests {
             .collect();
         assert_eq!(
             allowed,
-            vec![(Pending, Cancelled), (Processed, Shipped), (Processed, Cancelled), (Shipped, Delivered)]
+            vec![
+                (Pending, Cancelled),
+                (Processed, Shipped),
+                (Processed, Cancelled),
+                (Shipped, Delivered)
+            ]
         );
     }
 

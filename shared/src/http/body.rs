@@ -29,9 +29,8 @@ pub struct JsonObject<'a> {
 impl<'a> JsonObject<'a> {
     /// Parses the whole body; anything but a JSON object is a malformed request.
     pub fn parse_body(body: &'a [u8]) -> Result<Self, ApiError> {
-        let fields = serde_json::from_slice(body).map_err(|e| {
-            ApiError::Malformed(format!("the body must be a JSON object: {e}"))
-        })?;
+        let fields = serde_json::from_slice(body)
+            .map_err(|e| ApiError::Malformed(format!("the body must be a JSON object: {e}")))?;
         Ok(Self {
             path: String::new(),
             fields,
@@ -61,8 +60,9 @@ impl<'a> JsonObject<'a> {
 
     pub fn as_string(&self, name: &str, json: Json<'a>) -> Result<String, ApiError> {
         match json {
-            Json::String(raw) => serde_json::from_str(raw.get())
-                .map_err(|_| ApiError::Malformed(format!("`{}` is not a valid string", self.field_path(name)))),
+            Json::String(raw) => serde_json::from_str(raw.get()).map_err(|_| {
+                ApiError::Malformed(format!("`{}` is not a valid string", self.field_path(name)))
+            }),
             _ => Err(self.wrong_type(name, "a string")),
         }
     }
@@ -93,8 +93,8 @@ impl<'a> JsonObject<'a> {
             Some(raw) if raw.get() == "null" => return Ok(None),
             Some(raw) => raw,
         };
-        let elements: Vec<&'a RawValue> = serde_json::from_str(raw.get())
-            .map_err(|_| self.wrong_type(name, "an array"))?;
+        let elements: Vec<&'a RawValue> =
+            serde_json::from_str(raw.get()).map_err(|_| self.wrong_type(name, "an array"))?;
         let base = self.field_path(name);
         elements
             .into_iter()

@@ -93,7 +93,10 @@ impl Endpoint {
 fn resolve(request: &Request) -> Option<(Endpoint, Option<String>)> {
     if let Some(RequestContext::ApiGatewayV2(context)) = request.request_context_ref() {
         if let Some(route_key) = context.route_key.as_deref() {
-            if let Some(endpoint) = Endpoint::ALL.into_iter().find(|e| e.route_key() == route_key) {
+            if let Some(endpoint) = Endpoint::ALL
+                .into_iter()
+                .find(|e| e.route_key() == route_key)
+            {
                 let id = request
                     .path_parameters_ref()
                     .and_then(|params| params.first("id"))
@@ -221,10 +224,19 @@ mod tests {
     #[test]
     fn paths_match_their_routes_and_capture_the_id() {
         let get = Method::GET;
-        assert_eq!(Endpoint::GetProduct.match_path(&get, "/products/abc"), Some(Some("abc")));
-        assert_eq!(Endpoint::ListProducts.match_path(&get, "/products"), Some(None));
+        assert_eq!(
+            Endpoint::GetProduct.match_path(&get, "/products/abc"),
+            Some(Some("abc"))
+        );
+        assert_eq!(
+            Endpoint::ListProducts.match_path(&get, "/products"),
+            Some(None)
+        );
         assert_eq!(Endpoint::GetProduct.match_path(&get, "/products/"), None);
-        assert_eq!(Endpoint::GetProduct.match_path(&Method::POST, "/products/abc"), None);
+        assert_eq!(
+            Endpoint::GetProduct.match_path(&Method::POST, "/products/abc"),
+            None
+        );
         assert_eq!(
             Endpoint::UpdateOrderStatus.match_path(&Method::PATCH, "/orders/x/status"),
             Some(Some("x"))

@@ -53,7 +53,10 @@ fn parse_new_order(request: &Request) -> Result<NewOrder, ApiError> {
         None | Some(Json::Null) => {}
         Some(json) => {
             if body.as_string("status", json)? != "pending" {
-                errors.push(FieldError::new("status", "new orders are always pending; omit it"));
+                errors.push(FieldError::new(
+                    "status",
+                    "new orders are always pending; omit it",
+                ));
             }
         }
     }
@@ -97,7 +100,10 @@ fn parse_new_order(request: &Request) -> Result<NewOrder, ApiError> {
     Ok(NewOrder { lines, customer_id })
 }
 
-pub(super) async fn create(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
+pub(super) async fn create(
+    state: &ApiState,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
     let key = match request.headers().get(IDEMPOTENCY_KEY) {
         None => None,
         Some(value) => Some(
@@ -106,7 +112,10 @@ pub(super) async fn create(state: &ApiState, request: &Request) -> Result<Respon
                 .ok()
                 .and_then(|raw| IdempotencyKey::parse(raw).ok())
                 .ok_or_else(|| {
-                    ApiError::validation(IDEMPOTENCY_KEY, "must be 1 to 255 printable ASCII characters")
+                    ApiError::validation(
+                        IDEMPOTENCY_KEY,
+                        "must be 1 to 255 printable ASCII characters",
+                    )
                 })?,
         ),
     };
@@ -115,16 +124,26 @@ pub(super) async fn create(state: &ApiState, request: &Request) -> Result<Respon
         key,
         fingerprint: new.fingerprint(),
     });
-    let outcome = store::create_order(&state.pool, &new, idempotency.as_ref(), &request_id(request)).await?;
+    let outcome = store::create_order(
+        &state.pool,
+        &new,
+        idempotency.as_ref(),
+        &request_id(request),
+    )
+    .await?;
     let response = match outcome {
         CreateOrderOutcome::Created { order, body, event } => {
             if let Some(publisher) = &state.publisher {
                 publisher.publish_committed(&state.pool, &[event]).await;
             }
-            with_location(raw_json_response(201, body), format!("/orders/{}", order.id))
+            with_location(
+                raw_json_response(201, body),
+                format!("/orders/{}", order.id),
+            )
         }
         CreateOrderOutcome::Replayed { order_id, body } => {
-            let mut response = with_location(raw_json_response(201, body), format!("/orders/{order_id}"));
+            let mut response =
+                with_location(raw_json_response(201, body), format!("/orders/{order_id}"));
             response
                 .headers_mut()
                 .insert("Idempotency-Replayed", HeaderValue::from_static("true"));
@@ -140,7 +159,11 @@ pub(super) async fn get(state: &ApiState, id: &str) -> Result<Response<Body>, Ap
 }
 
 pub(super) async fn list(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
-    let page = PageRequest::parse(Listing::Orders, query(request, "limit"), query(request, "cursor"));
+    let page = PageRequest::parse(
+        Listing::Orders,
+        query(request, "limit"),
+        query(request, "cursor"),
+    );
     let status = query(request, "status").map(|raw| {
         OrderStatus::parse(raw).ok_or_else(|| FieldError::new("status", "is not an order status"))
     });
@@ -166,11 +189,10 @@ pub(super) async fn update_status(
     let mut body = json_body(request)?;
     let mut errors = Vec::new();
     let status = match body.string("status")? {
-        Some(raw) => OrderStatus::parse(&raw)
-            .or_else(|| {
-                errors.push(FieldError::new("status", "is not an order status"));
-                None
-            }),
+        Some(raw) => OrderStatus::parse(&raw).or_else(|| {
+            errors.push(FieldError::new("status", "is not an order status"));
+            None
+        }),
         None => {
             errors.push(FieldError::new("status", "is required"));
             None
@@ -180,7 +202,8 @@ pub(super) async fn update_status(
     let (Some(status), true) = (status, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let (order, event) = store::update_order_status(&state.pool, id, status, &request_id(request)).await?;
+    let (order, event) =
+        store::update_order_status(&state.pool, id, status, &request_id(request)).await?;
     if let (Some(publisher), Some(event)) = (&state.publisher, event) {
         publisher.publish_committed(&state.pool, &[event]).await;
     }

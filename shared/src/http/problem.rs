@@ -80,7 +80,12 @@ impl ApiError {
     fn problem(&self) -> (u16, &'static str, &'static str, String, Map<String, Value>) {
         let mut extra = Map::new();
         let (status, kind, title, detail) = match self {
-            ApiError::Malformed(detail) => (400, "malformed-request", "Malformed request", detail.clone()),
+            ApiError::Malformed(detail) => (
+                400,
+                "malformed-request",
+                "Malformed request",
+                detail.clone(),
+            ),
             ApiError::Validation(errors) => {
                 extra.insert("errors".into(), json!(errors));
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -93,20 +98,45 @@ impl ApiError {
             }
             ApiError::UnknownProducts(ids) => {
                 extra.insert("productIds".into(), json!(ids));
-                (422, "unknown-product", "Unknown product", "the order names products that do not exist".into())
+                (
+                    422,
+                    "unknown-product",
+                    "Unknown product",
+                    "the order names products that do not exist".into(),
+                )
             }
-            ApiError::NotFound => (404, "not-found", "Not found", "no resource at this address".into()),
+            ApiError::NotFound => (
+                404,
+                "not-found",
+                "Not found",
+                "no resource at this address".into(),
+            ),
             ApiError::InsufficientStock(shortages) => {
                 extra.insert("shortages".into(), json!(shortages));
-                (409, "insufficient-stock", "Insufficient stock", "not enough stock is available".into())
+                (
+                    409,
+                    "insufficient-stock",
+                    "Insufficient stock",
+                    "not enough stock is available".into(),
+                )
             }
             ApiError::InvalidTransition { from, to, allowed } => {
                 extra.insert("from".into(), json!(from));
                 extra.insert("to".into(), json!(to));
                 extra.insert("allowed".into(), json!(allowed));
-                (409, "invalid-transition", "Invalid status transition", format!("an order cannot go from {from} to {to}"))
+                (
+                    409,
+                    "invalid-transition",
+                    "Invalid status transition",
+                    format!("an order cannot go from {from} to {to}"),
+                )
             }
-            ApiError::DuplicateSku => (409, "duplicate-sku", "Duplicate SKU", "a product with this sku already exists".into()),
+            ApiError::DuplicateSku => (
+                409,
+                "duplicate-sku",
+                "Duplicate SKU",
+                "a product with this sku already exists".into(),
+            ),
             ApiError::IdempotencyKeyReuse => (
                 422,
                 "idempotency-key-reuse",
@@ -119,7 +149,12 @@ impl ApiError {
                 "Request in progress",
                 "a request with this Idempotency-Key is still being handled; retry shortly".into(),
             ),
-            ApiError::PayloadTooLarge => (413, "payload-too-large", "Payload too large", "the body must be at most 64 KiB".into()),
+            ApiError::PayloadTooLarge => (
+                413,
+                "payload-too-large",
+                "Payload too large",
+                "the body must be at most 64 KiB".into(),
+            ),
             ApiError::UnsupportedMediaType(media) => (
                 415,
                 "unsupported-media-type",
@@ -132,7 +167,12 @@ impl ApiError {
                 "Service unavailable",
                 "a dependency is unavailable; retry later".into(),
             ),
-            ApiError::Internal(_) => (500, "internal", "Internal error", "an unexpected error occurred".into()),
+            ApiError::Internal(_) => (
+                500,
+                "internal",
+                "Internal error",
+                "an unexpected error occurred".into(),
+            ),
         };
         (status, kind, title, detail, extra)
     }
@@ -140,7 +180,9 @@ impl ApiError {
     pub fn into_response(self) -> Response<Body> {
         match &self {
             ApiError::Internal(e) => tracing::error!(error = %error_chain(e), "request failed"),
-            ApiError::Unavailable(e) => tracing::warn!(error = %error_chain(e), "dependency unavailable"),
+            ApiError::Unavailable(e) => {
+                tracing::warn!(error = %error_chain(e), "dependency unavailable")
+            }
             other => tracing::info!(problem = %other, "request refused"),
         }
         let (status, kind, title, detail, extra) = self.problem();

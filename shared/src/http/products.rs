@@ -15,10 +15,15 @@ fn path_id(raw: &str) -> Result<ProductId, ApiError> {
 
 /// Collects the outcome of parsing one field: the value, or its error pushed to `errors`.
 fn keep<T>(errors: &mut Vec<FieldError>, field: &str, parsed: Result<T, &str>) -> Option<T> {
-    parsed.map_err(|message| errors.push(FieldError::new(field, message))).ok()
+    parsed
+        .map_err(|message| errors.push(FieldError::new(field, message)))
+        .ok()
 }
 
-pub(super) async fn create(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
+pub(super) async fn create(
+    state: &ApiState,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
     let mut body = json_body(request)?;
     let mut errors = Vec::new();
 
@@ -56,8 +61,23 @@ pub(super) async fn create(state: &ApiState, request: &Request) -> Result<Respon
     };
     body.finish(&mut errors);
 
-    let (Some(name), Some(price), Some(inventory), Some(description), Some(sku), Some(currency), true) =
-        (name, price, inventory, description, sku, currency, errors.is_empty())
+    let (
+        Some(name),
+        Some(price),
+        Some(inventory),
+        Some(description),
+        Some(sku),
+        Some(currency),
+        true,
+    ) = (
+        name,
+        price,
+        inventory,
+        description,
+        sku,
+        currency,
+        errors.is_empty(),
+    )
     else {
         return Err(ApiError::Validation(errors));
     };
@@ -83,8 +103,12 @@ pub(super) async fn get(state: &ApiState, id: &str) -> Result<Response<Body>, Ap
 }
 
 pub(super) async fn list(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
-    let page = PageRequest::parse(Listing::Products, query(request, "limit"), query(request, "cursor"))
-        .map_err(ApiError::Validation)?;
+    let page = PageRequest::parse(
+        Listing::Products,
+        query(request, "limit"),
+        query(request, "cursor"),
+    )
+    .map_err(ApiError::Validation)?;
     let page = store::list_products(&state.pool, page).await?;
     json_response(200, &page)
 }
@@ -112,7 +136,8 @@ pub(super) async fn update(
         Some(Json::Null) => patch.description = Some(None),
         Some(json) => {
             let raw = body.as_string("description", json)?;
-            patch.description = keep(&mut errors, "description", Description::parse(&raw)).map(Some);
+            patch.description =
+                keep(&mut errors, "description", Description::parse(&raw)).map(Some);
         }
     }
     match body.take("price") {
@@ -125,11 +150,20 @@ pub(super) async fn update(
             let raw = body.as_string("price", json)?;
             patch.price = keep(&mut errors, "price", Money::parse_price(&raw));
         }
-        Some(Json::Other(_)) => return Err(body.wrong_type("price", "a number or a decimal string")),
+        Some(Json::Other(_)) => {
+            return Err(body.wrong_type("price", "a number or a decimal string"))
+        }
     }
     body.finish(&mut errors);
-    if errors.is_empty() && patch.name.is_none() && patch.description.is_none() && patch.price.is_none() {
-        errors.push(FieldError::new("body", "must change at least one of name, description, price"));
+    if errors.is_empty()
+        && patch.name.is_none()
+        && patch.description.is_none()
+        && patch.price.is_none()
+    {
+        errors.push(FieldError::new(
+            "body",
+            "must change at least one of name, description, price",
+        ));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));

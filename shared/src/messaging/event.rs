@@ -37,7 +37,13 @@ pub struct OrderEvent {
 
 impl OrderEvent {
     pub fn created(order_id: OrderId, at: DateTime<Utc>, correlation_id: &str) -> Self {
-        Self::new(EventType::Created, order_id, OrderStatus::Pending, at, correlation_id)
+        Self::new(
+            EventType::Created,
+            order_id,
+            OrderStatus::Pending,
+            at,
+            correlation_id,
+        )
     }
 
     pub fn status_changed(
@@ -46,7 +52,13 @@ impl OrderEvent {
         at: DateTime<Utc>,
         correlation_id: &str,
     ) -> Self {
-        Self::new(EventType::StatusChanged, order_id, status, at, correlation_id)
+        Self::new(
+            EventType::StatusChanged,
+            order_id,
+            status,
+            at,
+            correlation_id,
+        )
     }
 
     fn new(

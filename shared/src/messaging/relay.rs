@@ -20,7 +20,11 @@ const RELAY_PAGE: i64 = 500;
 /// it. `min_age` leaves fresh rows to the function that wrote them (it publishes right after
 /// its commit), so the two rarely publish the same message; when they do, consumers treat
 /// the copy as the duplicate it is. Returns how many messages went out.
-pub async fn relay_outbox(pool: &Pool, publisher: &Publisher, min_age: Duration) -> Result<usize, RelayError> {
+pub async fn relay_outbox(
+    pool: &Pool,
+    publisher: &Publisher,
+    min_age: Duration,
+) -> Result<usize, RelayError> {
     let mut total = 0;
     loop {
         let mut client = pool.get().await.map_err(StoreError::from)?;
@@ -41,7 +45,11 @@ pub async fn relay_outbox(pool: &Pool, publisher: &Publisher, min_age: Duration)
 }
 
 /// The relay's scheduled run: publish what is left, then forget expired idempotency keys.
-pub async fn relay_once(pool: &Pool, publisher: &Publisher, min_age: Duration) -> Result<usize, RelayError> {
+pub async fn relay_once(
+    pool: &Pool,
+    publisher: &Publisher,
+    min_age: Duration,
+) -> Result<usize, RelayError> {
     let published = relay_outbox(pool, publisher, min_age).await?;
     store::purge_idempotency_keys(pool).await?;
     Ok(published)

@@ -1,6 +1,9 @@
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::ExchangeKind;
 
@@ -126,12 +129,22 @@ impl Topology {
                 .map_err(BrokerError::Refused)?;
         }
         channel
-            .queue_declare(self.dead_letter_queue.as_str().into(), durable, FieldTable::default())
+            .queue_declare(
+                self.dead_letter_queue.as_str().into(),
+                durable,
+                FieldTable::default(),
+            )
             .await
             .map_err(BrokerError::Refused)?;
         let mut audit = FieldTable::default();
-        audit.insert(ShortString::from("x-message-ttl"), AMQPValue::LongLongInt(AUDIT_TTL_MS));
-        audit.insert(ShortString::from("x-max-length"), AMQPValue::LongLongInt(AUDIT_MAX_LENGTH));
+        audit.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(AUDIT_TTL_MS),
+        );
+        audit.insert(
+            ShortString::from("x-max-length"),
+            AMQPValue::LongLongInt(AUDIT_MAX_LENGTH),
+        );
         channel
             .queue_declare(self.audit_queue.as_str().into(), durable, audit)
             .await
@@ -162,7 +175,10 @@ impl Topology {
                 .map_err(BrokerError::Refused)?;
         }
         channel
-            .exchange_delete(self.exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
             .await
             .map_err(BrokerError::Refused)?;
         Ok(())

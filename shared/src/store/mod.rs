@@ -10,10 +10,8 @@ pub use orders::{
     create_order, get_order, list_orders, update_order_status, CreateOrderOutcome, NewOrder,
     OrderIdempotency,
 };
-pub use outbox::{
-    lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count,
-};
 pub use outbox::mark_published_with;
+pub use outbox::{lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count};
 pub use page::{Listing, Page, PageRequest};
 pub use products::{
     adjust_inventory, create_product, get_product, list_products, update_product, NewProduct,
@@ -109,7 +107,9 @@ fn is_connection_failure(error: &tokio_postgres::Error) -> bool {
     error.source().is_some_and(|s| s.is::<std::io::Error>())
         || matches!(
             error.to_string().as_str(),
-            "timeout waiting for server" | "error performing TLS handshake" | "error connecting to server"
+            "timeout waiting for server"
+                | "error performing TLS handshake"
+                | "error connecting to server"
         )
 }
 

@@ -85,7 +85,9 @@ pub async fn create_order(
             .await
         {
             return Err(match e.code() {
-                Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::RequestInProgress,
+                Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => {
+                    StoreError::RequestInProgress
+                }
                 _ => e.into(),
             });
         }
@@ -165,7 +167,11 @@ pub async fn create_order(
         .lines
         .iter()
         .map(|(product, quantity)| {
-            OrderLine::new(product, quantity, Money::from_db(stock[&product.as_uuid()].0))
+            OrderLine::new(
+                product,
+                quantity,
+                Money::from_db(stock[&product.as_uuid()].0),
+            )
         })
         .collect();
     let order = Order::new(
@@ -183,8 +189,16 @@ pub async fn create_order(
     );
     let body = serde_json::to_string(&order).map_err(|e| corrupt("order", e))?;
     let event = OrderEvent::created(id, now, correlation_id);
-    let quantities: Vec<i32> = order.items.iter().map(|l| i32::from(l.quantity.get())).collect();
-    let prices: Vec<Decimal> = order.items.iter().map(|l| l.unit_price.as_decimal()).collect();
+    let quantities: Vec<i32> = order
+        .items
+        .iter()
+        .map(|l| i32::from(l.quantity.get()))
+        .collect();
+    let prices: Vec<Decimal> = order
+        .items
+        .iter()
+        .map(|l| l.unit_price.as_decimal())
+        .collect();
     let (key, fingerprint) = match idempotency {
         Some(idem) => (Some(idem.key.as_str()), Some(idem.fingerprint.as_str())),
         None => (None, None),
@@ -258,9 +272,13 @@ fn order_from_row(row: &Row) -> Result<Order, StoreError> {
         .zip(quantities)
         .zip(prices)
         .map(|((product, quantity), price)| {
-            let quantity =
-                Quantity::try_from(i64::from(quantity)).map_err(|_| corrupt("quantity", quantity))?;
-            Ok(OrderLine::new(ProductId::from_uuid(product), quantity, Money::from_db(price)))
+            let quantity = Quantity::try_from(i64::from(quantity))
+                .map_err(|_| corrupt("quantity", quantity))?;
+            Ok(OrderLine::new(
+                ProductId::from_uuid(product),
+                quantity,
+                Money::from_db(price),
+            ))
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let statuses: Vec<String> = row.try_get("history_statuses")?;
@@ -268,14 +286,20 @@ fn order_from_row(row: &Row) -> Result<Order, StoreError> {
     let history = statuses
         .iter()
         .zip(ats)
-        .map(|(status, at)| Ok(StatusChange { status: parse_status(status)?, at }))
+        .map(|(status, at)| {
+            Ok(StatusChange {
+                status: parse_status(status)?,
+                at,
+            })
+        })
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Order::new(
         OrderId::from_uuid(row.try_get("id")?),
         status,
         items,
         Currency::parse(&currency).map_err(|_| corrupt("currency", &currency))?,
-        row.try_get::<_, Option<String>>("customer_id")?.map(CustomerId::from_db),
+        row.try_get::<_, Option<String>>("customer_id")?
+            .map(CustomerId::from_db),
         row.try_get("created_at")?,
         row.try_get("updated_at")?,
         history,
@@ -313,11 +337,20 @@ pub async fn list_orders(
     let rows = client
         .query(
             &sql,
-            &[&status.map(OrderStatus::as_str), &page.after(), &(page.limit() + 1)],
+            &[
+                &status.map(OrderStatus::as_str),
+                &page.after(),
+                &(page.limit() + 1),
+            ],
         )
         .await?;
-    let orders = rows.iter().map(order_from_row).collect::<Result<Vec<_>, _>>()?;
-    Ok(Page::from_rows(orders, page, Listing::Orders, |o| o.id.as_uuid()))
+    let orders = rows
+        .iter()
+        .map(order_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(orders, page, Listing::Orders, |o| {
+        o.id.as_uuid()
+    }))
 }
 
 /// Moves an order to `to` if the transition table lets a client do so. Asking for the
@@ -333,7 +366,10 @@ pub async fn update_order_status(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let row = tx
-        .query_opt("SELECT status FROM orders WHERE id = $1 FOR UPDATE", &[&id.as_uuid()])
+        .query_opt(
+            "SELECT status FROM orders WHERE id = $1 FOR UPDATE",
+            &[&id.as_uuid()],
+        )
         .await?
         .ok_or(StoreError::NotFound)?;
     let from = parse_status(&row.try_get::<_, String>("status")?)?;

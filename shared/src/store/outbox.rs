@@ -56,7 +56,10 @@ pub async fn lock_unpublished(
 pub async fn unpublished_count(pool: &Pool) -> Result<i64, StoreError> {
     let client = pool.get().await?;
     let row = client
-        .query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            &[],
+        )
         .await?;
     Ok(row.try_get(0)?)
 }

@@ -54,7 +54,10 @@ impl PageRequest {
             Some(raw) => match raw.parse::<i64>() {
                 Ok(n) if (1..=200).contains(&n) => n,
                 _ => {
-                    errors.push(FieldError::new("limit", "must be an integer between 1 and 200"));
+                    errors.push(FieldError::new(
+                        "limit",
+                        "must be an integer between 1 and 200",
+                    ));
                     Self::DEFAULT_LIMIT
                 }
             },
@@ -64,7 +67,10 @@ impl PageRequest {
             Some(raw) => match decode(listing, raw) {
                 Some(id) => Some(id),
                 None => {
-                    errors.push(FieldError::new("cursor", "is not a cursor this listing returned"));
+                    errors.push(FieldError::new(
+                        "cursor",
+                        "is not a cursor this listing returned",
+                    ));
                     None
                 }
             },
@@ -148,7 +154,17 @@ mod tests {
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["limit", "cursor"]);
         assert!(PageRequest::parse(Listing::Products, Some("201"), None).is_err());
-        assert_eq!(PageRequest::parse(Listing::Products, Some("200"), None).unwrap().limit(), 200);
-        assert_eq!(PageRequest::parse(Listing::Products, None, None).unwrap().limit(), 50);
+        assert_eq!(
+            PageRequest::parse(Listing::Products, Some("200"), None)
+                .unwrap()
+                .limit(),
+            200
+        );
+        assert_eq!(
+            PageRequest::parse(Listing::Products, None, None)
+                .unwrap()
+                .limit(),
+            50
+        );
     }
 }

@@ -4,7 +4,8 @@ use tokio_postgres::Row;
 
 use super::{corrupt, Listing, Page, PageRequest, Shortage, StoreError};
 use crate::domain::{
-    AdjustmentReason, Currency, Description, Money, Product, ProductId, ProductName, Sku, StockDelta,
+    AdjustmentReason, Currency, Description, Money, Product, ProductId, ProductName, Sku,
+    StockDelta,
 };
 
 const COLUMNS: &str =
@@ -106,8 +107,13 @@ pub async fn list_products(pool: &Pool, page: PageRequest) -> Result<Page<Produc
     let rows = client
         .query(&sql, &[&page.after(), &(page.limit() + 1)])
         .await?;
-    let products = rows.iter().map(product_from_row).collect::<Result<Vec<_>, _>>()?;
-    Ok(Page::from_rows(products, page, Listing::Products, |p| p.id.as_uuid()))
+    let products = rows
+        .iter()
+        .map(product_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Page::from_rows(products, page, Listing::Products, |p| {
+        p.id.as_uuid()
+    }))
 }
 
 /// Changes name, description or price. Open orders keep the unit prices they snapshotted.

@@ -1,0 +1,168 @@
+//! Concurrency: no overselling, no deadlock, one order per idempotency key — with real
+//! overlapping transactions (a pool of 16 connections, requests all in flight at once).
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use serde_json::json;
+use system_tests::{Api, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_simultaneous_orders_on_fifty_units_sell_exactly_fifty() {
+    let db = TestDb::with_pool_size(32).await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let product = api.product("1.00", 50).await;
+    let requests = (0..200).map(|_| {
+        let api = api.clone();
+        let product = product.clone();
+        tokio::spawn(async move { api.order(&[(&product, 1)]).await })
+    });
+    let responses: Vec<_> = join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let created = responses.iter().filter(|r| r.status == 201).count();
+    let refused = responses
+        .iter()
+        .filter(|r| r.status == 409 && r.problem_type() == "/problems/insufficient-stock")
+        .count();
+    assert_eq!((created, refused), (50, 150));
+    assert_eq!(api.stock(&product).await, (50, 50));
+    db.assert_always_invariants().await;
+    db.assert_reserved_matches_open_orders().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crossing_two_line_orders_never_deadlock() {
+    let db = TestDb::with_pool_size(32).await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let a = api.product("1.00", 1_000).await;
+    let b = api.product("2.00", 1_000).await;
+    let requests = (0..100).map(|i| {
+        let api = api.clone();
+        let (first, second) = if i % 2 == 0 {
+            (a.clone(), b.clone())
+        } else {
+            (b.clone(), a.clone())
+        };
+        tokio::spawn(async move { api.order(&[(&first, 1), (&second, 1)]).await })
+    });
+    let responses: Vec<_> = join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for response in &responses {
+        assert_eq!(response.status, 201, "{}", response.body);
+    }
+    assert_eq!(api.stock(&a).await, (1_000, 100));
+    assert_eq!(api.stock(&b).await, (1_000, 100));
+    db.assert_always_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_simultaneous_requests_with_one_key_create_one_order() {
+    let db = TestDb::with_pool_size(32).await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let product = api.product("5.00", 100).await;
+    let body = json!({"items": [{"productId": product, "quantity": 3}]}).to_string();
+    let requests = (0..20).map(|_| {
+        let api = api.clone();
+        let body = body.clone();
+        tokio::spawn(async move {
+            api.request(
+                "POST",
+                "/orders",
+                &[
+                    ("content-type", "application/json"),
+                    ("idempotency-key", "same-key"),
+                ],
+                Some(body.as_bytes()),
+            )
+            .await
+        })
+    });
+    let responses: Vec<_> = join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let ids: std::collections::HashSet<_> = responses
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "every success names the same order");
+    for response in &responses {
+        assert!(
+            response.status == 201 || response.problem_type() == "/problems/request-in-progress",
+            "{}",
+            response.body
+        );
+    }
+    assert_eq!(
+        responses
+            .iter()
+            .filter(|r| r.status == 201 && r.header("idempotency-replayed").is_none())
+            .count(),
+        1
+    );
+    assert_eq!(db.scalar("SELECT count(*) FROM orders").await, 1);
+    assert_eq!(api.stock(&product).await, (100, 3), "reserved once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_conflicting_status_changes_have_one_winner() {
+    let db = TestDb::with_pool_size(32).await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let product = api.product("1.00", 100).await;
+    for _ in 0..10 {
+        let id = api.order(&[(&product, 1)]).await.body["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        db.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE orders SET status = 'processed' WHERE id = '{id}';
+                 INSERT INTO order_status_history (order_id, status) VALUES ('{id}', 'processed');"
+            ))
+            .await
+            .unwrap();
+        let requests = ["shipped", "cancelled", "shipped", "cancelled"].map(|status| {
+            let api = api.clone();
+            let path = format!("/orders/{id}/status");
+            tokio::spawn(async move { api.patch(&path, json!({"status": status})).await })
+        });
+        let responses: Vec<_> = join_all(requests)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let final_status = api.get(&format!("/orders/{id}")).await.body["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // The winner's status; same-status repeats are no-op 200s, the other status is 409.
+        for response in &responses {
+            match response.status {
+                200 => assert_eq!(response.body["status"], final_status.as_str()),
+                409 => assert_eq!(response.problem_type(), "/problems/invalid-transition"),
+                other => panic!("unexpected {other}: {}", response.body),
+            }
+        }
+        let history = db
+            .scalar(&format!(
+                "SELECT count(*) FROM order_status_history WHERE order_id = '{id}'"
+            ))
+            .await;
+        assert_eq!(history, 3, "pending, processed and exactly one winner");
+        let events = db
+            .scalar(&format!(
+                "SELECT count(*) FROM outbox WHERE payload->>'orderId' = '{id}'"
+            ))
+            .await;
+        assert_eq!(events, 2, "order.created and the winner's change");
+    }
+}
