@@ -9,5 +9,6 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod messaging;
+pub mod setup;
 pub mod store;
 pub mod telemetry;

@@ -71,12 +71,13 @@ impl OrderStatus {
             .collect()
     }
 
-    /// The stock effect of arriving in this status.
+    /// The one stock path an order in this status takes: a delivered order was shipped,
+    /// so its stock is committed too.
     pub fn stock_effect(self) -> Option<StockEffect> {
         match self {
-            Shipped => Some(StockEffect::Commit),
+            Shipped | Delivered => Some(StockEffect::Commit),
             Cancelled | Rejected => Some(StockEffect::Release),
-            Pending | Processed | Delivered => None,
+            Pending | Processed => None,
         }
     }
 }

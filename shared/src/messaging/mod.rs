@@ -3,12 +3,16 @@
 
 mod broker;
 mod event;
+mod processor;
 mod publisher;
 mod relay;
 mod topology;
 
 pub use broker::{headers, Broker, BrokerError, Outgoing};
 pub use event::{EventType, OrderEvent};
+pub use processor::{
+    BatchSummary, ProcessError, Processor, ATTEMPTS_HEADER, DLQ_REASON_HEADER, LAST_ERROR_HEADER,
+};
 pub use publisher::Publisher;
-pub use relay::{relay_once, relay_outbox, RelayError};
+pub use relay::{relay_once, relay_outbox, OutboxRelay, RelayError};
 pub use topology::{Topology, MAX_ATTEMPTS, PROCESSOR_BINDINGS, RETRY_DELAYS};

@@ -54,3 +54,34 @@ pub async fn relay_once(
     store::purge_idempotency_keys(pool).await?;
     Ok(published)
 }
+
+/// What the relay function needs, built once per execution environment.
+pub struct OutboxRelay {
+    pub pool: Pool,
+    pub publisher: Publisher,
+    /// `OUTBOX_RELAY_MIN_AGE_SECONDS`, default 5: rows younger than this are left to the
+    /// function that wrote them.
+    pub min_age: Duration,
+}
+
+impl OutboxRelay {
+    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::from_env()?)?;
+        let broker = super::Broker::new(crate::config::BrokerConfig::from_env()?);
+        let min_age =
+            match std::env::var("OUTBOX_RELAY_MIN_AGE_SECONDS") {
+                Ok(raw) => raw.trim().parse::<f64>().map_err(|e| {
+                    crate::config::ConfigError::Malformed {
+                        name: "OUTBOX_RELAY_MIN_AGE_SECONDS",
+                        reason: e.to_string(),
+                    }
+                })?,
+                Err(_) => 5.0,
+            };
+        Ok(Self {
+            pool,
+            publisher: Publisher::new(broker),
+            min_age: Duration::from_secs_f64(min_age.max(0.0)),
+        })
+    }
+}

@@ -4,6 +4,7 @@
 mod orders;
 mod outbox;
 mod page;
+mod processing;
 mod products;
 
 pub use orders::{
@@ -13,6 +14,7 @@ pub use orders::{
 pub use outbox::mark_published_with;
 pub use outbox::{lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count};
 pub use page::{Listing, Page, PageRequest};
+pub use processing::{apply_order_commands, AppliedBatch, CommandOutcome, OrderCommand};
 pub use products::{
     adjust_inventory, create_product, get_product, list_products, update_product, NewProduct,
     ProductPatch,

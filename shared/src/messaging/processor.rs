@@ -1,0 +1,445 @@
+//! `process-orders`: applies a RabbitMQ batch from the Amazon MQ event source mapping.
+//!
+//! The mapping has no partial-batch response and redelivers the whole batch when the
+//! function fails, so the function sorts out every message itself: applied (or found
+//! applied already), sent to a delay queue to be retried, or parked in the dead-letter queue
+//! with its reason. It fails only when it cannot route a failure, and then a redelivery is
+//! safe because every effect is guarded by the order's stored state.
+
+use std::collections::HashSet;
+
+use aws_lambda_events::event::rabbitmq::{RabbitMqEvent, RabbitMqMessage};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use deadpool_postgres::Pool;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{
+    headers, BrokerError, EventType, OrderEvent, Outgoing, Publisher, Topology, MAX_ATTEMPTS,
+};
+use crate::domain::{OrderId, OrderStatus};
+use crate::store::{self, CommandOutcome, OrderCommand, StoreError};
+use crate::telemetry::error_chain;
+
+/// Header counting the attempts a message has had before this delivery.
+pub const ATTEMPTS_HEADER: &str = "x-attempts";
+/// Header naming why a message was parked (API.md).
+pub const DLQ_REASON_HEADER: &str = "x-dlq-reason";
+/// Header naming why the last attempt failed, on messages waiting to be retried.
+pub const LAST_ERROR_HEADER: &str = "x-last-error";
+
+/// The only way `process-orders` fails an invocation: it could not route a failed message.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("could not route failed messages to their retry or dead-letter queues")]
+    CannotRoute(#[source] BrokerError),
+}
+
+/// What the invocation did with its batch, returned as the function's result and logged.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSummary {
+    pub received: usize,
+    /// Messages whose effect this invocation made.
+    pub applied: usize,
+    /// Messages whose effect was made before (duplicates, copies, overtaken orders) or that
+    /// ask for nothing.
+    pub unchanged: usize,
+    pub retried: usize,
+    pub parked: usize,
+    /// Message ids (or `queue#index` when a message has none) of retried and parked messages.
+    pub failed_message_ids: Vec<String>,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Disposition {
+    Applied,
+    Unchanged,
+    /// A passing failure: try again later.
+    Retry(String),
+    /// Can never succeed.
+    Park(String),
+}
+
+/// One message of the batch, decoded as far as it goes.
+struct Incoming<'m> {
+    message: &'m RabbitMqMessage,
+    /// Used in the summary and logs.
+    label: String,
+    body: Vec<u8>,
+    /// Attempts before this delivery.
+    previous_attempts: u32,
+    decoded: Result<Option<(OrderId, OrderCommand, String)>, String>,
+}
+
+pub struct Processor {
+    pool: Pool,
+    publisher: Publisher,
+    topology: Topology,
+}
+
+impl Processor {
+    pub fn new(pool: Pool, publisher: Publisher) -> Self {
+        let topology = Topology::new(publisher.broker().config());
+        Self {
+            pool,
+            publisher,
+            topology,
+        }
+    }
+
+    pub async fn handle(&self, event: &RabbitMqEvent) -> Result<BatchSummary, ProcessError> {
+        let incoming: Vec<Incoming<'_>> = event
+            .messages_by_queue
+            .iter()
+            .flat_map(|(queue, messages)| {
+                messages
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, message)| decode(queue, index, message))
+            })
+            .collect();
+
+        let mut dispositions: Vec<Disposition> = incoming
+            .iter()
+            .map(|m| match &m.decoded {
+                Err(reason) => Disposition::Park(reason.clone()),
+                Ok(None) => Disposition::Unchanged,
+                Ok(Some(_)) => Disposition::Unchanged,
+            })
+            .collect();
+        let commands: Vec<(usize, (OrderId, OrderCommand, String))> = incoming
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.decoded.clone().ok().flatten().map(|c| (i, c)))
+            .collect();
+        if !commands.is_empty() {
+            self.apply(&commands, &mut dispositions).await;
+        }
+
+        let summary = self.route_failures(&incoming, &dispositions).await?;
+        tracing::info!(
+            received = summary.received,
+            applied = summary.applied,
+            unchanged = summary.unchanged,
+            retried = summary.retried,
+            parked = summary.parked,
+            failed = ?summary.failed_message_ids,
+            "batch handled"
+        );
+        Ok(summary)
+    }
+
+    /// Applies the commands as one set-based transaction. If that fails for a reason that is
+    /// not the database being away, one message may be to blame: each is then applied on
+    /// its own, so a bad one fails alone and the good ones still go through.
+    async fn apply(
+        &self,
+        commands: &[(usize, (OrderId, OrderCommand, String))],
+        dispositions: &mut [Disposition],
+    ) {
+        let all: Vec<(OrderId, OrderCommand, String)> =
+            commands.iter().map(|(_, c)| c.clone()).collect();
+        match self.apply_and_publish(&all).await {
+            Ok(outcomes) => {
+                for (index, (order, command, _)) in commands {
+                    dispositions[*index] = disposition(outcomes.get(&(*order, *command)).copied());
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %error_chain(&e), "database unavailable; retrying the batch later");
+                for (index, _) in commands {
+                    dispositions[*index] = Disposition::Retry("database unavailable".into());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "batch failed; applying its messages one by one");
+                for (index, command) in commands {
+                    dispositions[*index] = match self
+                        .apply_and_publish(std::slice::from_ref(command))
+                        .await
+                    {
+                        Ok(outcomes) => disposition(outcomes.get(&(command.0, command.1)).copied()),
+                        Err(e) => {
+                            tracing::error!(error = %error_chain(&e), order = %command.0, "message failed");
+                            Disposition::Retry(format!("database error: {e}"))
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    async fn apply_and_publish(
+        &self,
+        commands: &[(OrderId, OrderCommand, String)],
+    ) -> Result<std::collections::HashMap<(OrderId, OrderCommand), CommandOutcome>, StoreError>
+    {
+        let batch = store::apply_order_commands(&self.pool, commands).await?;
+        if !batch.events.is_empty() {
+            self.publisher
+                .publish_committed(&self.pool, &batch.events)
+                .await;
+        }
+        Ok(batch.outcomes)
+    }
+
+    /// Sends retried messages to their delay queue and parked ones to the dead-letter queue,
+    /// all pipelined and confirmed before the invocation returns.
+    async fn route_failures(
+        &self,
+        incoming: &[Incoming<'_>],
+        dispositions: &[Disposition],
+    ) -> Result<BatchSummary, ProcessError> {
+        let mut summary = BatchSummary {
+            received: incoming.len(),
+            ..BatchSummary::default()
+        };
+        let mut outgoing = Vec::new();
+        for (message, disposition) in incoming.iter().zip(dispositions) {
+            let attempt = message.previous_attempts.saturating_add(1);
+            let (queue, reason_header, reason) = match disposition {
+                Disposition::Applied => {
+                    summary.applied += 1;
+                    continue;
+                }
+                Disposition::Unchanged => {
+                    summary.unchanged += 1;
+                    continue;
+                }
+                Disposition::Retry(reason) => match self.topology.retry_queue_after(attempt) {
+                    Some(queue) if attempt < MAX_ATTEMPTS => {
+                        summary.retried += 1;
+                        (queue.to_owned(), LAST_ERROR_HEADER, reason.clone())
+                    }
+                    _ => {
+                        summary.parked += 1;
+                        (
+                            self.topology.dead_letter_queue.clone(),
+                            DLQ_REASON_HEADER,
+                            format!("{reason} (after {attempt} attempts)"),
+                        )
+                    }
+                },
+                Disposition::Park(reason) => {
+                    summary.parked += 1;
+                    (
+                        self.topology.dead_letter_queue.clone(),
+                        DLQ_REASON_HEADER,
+                        reason.clone(),
+                    )
+                }
+            };
+            tracing::warn!(message = %message.label, attempt, queue = %queue, reason = %reason, "message not applied");
+            summary.failed_message_ids.push(message.label.clone());
+            outgoing.push(Outgoing {
+                // The default exchange routes by queue name, straight to the delay or
+                // dead-letter queue, without going through the topic exchange again.
+                exchange: String::new(),
+                routing_key: queue,
+                body: message.body.clone(),
+                properties: forwarded_properties(message.message, attempt, reason_header, &reason),
+            });
+        }
+        self.publisher
+            .broker()
+            .publish(&outgoing)
+            .await
+            .map_err(ProcessError::CannotRoute)?;
+        Ok(summary)
+    }
+}
+
+fn disposition(outcome: Option<CommandOutcome>) -> Disposition {
+    match outcome {
+        Some(CommandOutcome::Applied) => Disposition::Applied,
+        Some(CommandOutcome::AlreadyApplied) => Disposition::Unchanged,
+        Some(CommandOutcome::UnknownOrder) | None => Disposition::Retry("unknown order".into()),
+    }
+}
+
+fn decode<'m>(queue: &str, index: usize, message: &'m RabbitMqMessage) -> Incoming<'m> {
+    let label = message
+        .basic_properties
+        .message_id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("{queue}#{index}"));
+    let previous_attempts = message
+        .basic_properties
+        .headers
+        .get(ATTEMPTS_HEADER)
+        .and_then(header_u32)
+        .unwrap_or(0);
+    let body = message
+        .data
+        .as_deref()
+        .map(|data| {
+            BASE64
+                .decode(data)
+                .map_err(|_| "malformed: data is not base64".to_owned())
+        })
+        .unwrap_or_else(|| Err("malformed: the message has no body".to_owned()));
+    let (body, decoded) = match body {
+        Ok(bytes) => {
+            let decoded = command_of(&bytes);
+            (bytes, decoded)
+        }
+        Err(reason) => (Vec::new(), Err(reason)),
+    };
+    Incoming {
+        message,
+        label,
+        body,
+        previous_attempts,
+        decoded,
+    }
+}
+
+/// Classifies a body: a command, nothing to do, or the reason it can never succeed.
+fn command_of(body: &[u8]) -> Result<Option<(OrderId, OrderCommand, String)>, String> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("malformed: not JSON ({e})"))?;
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or("malformed: no message type")?;
+    if kind != EventType::Created.as_str() && kind != EventType::StatusChanged.as_str() {
+        return Err(format!("unknown message type {kind:?}"));
+    }
+    let event: OrderEvent = serde_json::from_value(value).map_err(|e| format!("malformed: {e}"))?;
+    let command = match (event.event_type, event.status) {
+        (EventType::Created, _) => Some(OrderCommand::Process),
+        (EventType::StatusChanged, OrderStatus::Shipped) => Some(OrderCommand::CommitStock),
+        (EventType::StatusChanged, OrderStatus::Cancelled) => Some(OrderCommand::ReleaseStock),
+        // Other changes carry no work for the processor (it is not bound to them).
+        (EventType::StatusChanged, _) => None,
+    };
+    Ok(command.map(|c| (event.order_id, c, event.correlation_id)))
+}
+
+/// Reads a header as AWS delivers it: numbers as JSON numbers, strings as `{"bytes": [...]}`.
+fn header_u32(value: &Value) -> Option<u32> {
+    match value {
+        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
+        Value::String(s) => s.parse().ok(),
+        Value::Object(map) => {
+            let bytes: Vec<u8> = map
+                .get("bytes")?
+                .as_array()?
+                .iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect();
+            std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// The original message's properties, with the attempt count and reason added, so a parked
+/// or retried message keeps its identity and correlation.
+fn forwarded_properties(
+    message: &RabbitMqMessage,
+    attempts: u32,
+    reason_header: &'static str,
+    reason: &str,
+) -> BasicProperties {
+    let original = &message.basic_properties;
+    let mut table: FieldTable = headers([
+        (ATTEMPTS_HEADER, AMQPValue::LongLongInt(i64::from(attempts))),
+        (
+            reason_header,
+            AMQPValue::LongString(LongString::from(reason)),
+        ),
+    ]);
+    let mut properties = BasicProperties::default().with_delivery_mode(2);
+    if let Some(v) = &original.content_type {
+        properties = properties.with_content_type(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = &original.message_id {
+        properties = properties.with_message_id(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = &original.correlation_id {
+        properties = properties.with_correlation_id(ShortString::from(v.as_str()));
+    }
+    if let Some(v) = &original.type_ {
+        properties = properties.with_type(ShortString::from(v.as_str()));
+    }
+    // Keep the other headers the message came with.
+    let reserved: HashSet<&str> = [ATTEMPTS_HEADER, DLQ_REASON_HEADER, LAST_ERROR_HEADER].into();
+    for (name, value) in &original.headers {
+        if !reserved.contains(name.as_str()) {
+            if let Some(text) = header_text(value) {
+                table.insert(
+                    ShortString::from(name.as_str()),
+                    AMQPValue::LongString(LongString::from(text)),
+                );
+            }
+        }
+    }
+    properties.with_headers(table)
+}
+
+fn header_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Object(map) => {
+            let bytes: Vec<u8> = map
+                .get("bytes")?
+                .as_array()?
+                .iter()
+                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect();
+            String::from_utf8(bytes).ok()
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_classified() {
+        assert!(command_of(b"not json")
+            .unwrap_err()
+            .starts_with("malformed"));
+        assert!(command_of(br#"{"type":"order.exploded"}"#)
+            .unwrap_err()
+            .starts_with("unknown message type"));
+        assert!(command_of(br#"{"type":"order.created"}"#)
+            .unwrap_err()
+            .starts_with("malformed"));
+        let created = format!(
+            r#"{{"messageId":"{}","type":"order.created","orderId":"{}","status":"pending","occurredAt":"2026-01-01T00:00:00Z","correlationId":"c"}}"#,
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7()
+        );
+        assert!(matches!(
+            command_of(created.as_bytes()),
+            Ok(Some((_, OrderCommand::Process, _)))
+        ));
+    }
+
+    #[test]
+    fn attempts_are_read_from_numbers_and_aws_byte_strings() {
+        assert_eq!(header_u32(&serde_json::json!(3)), Some(3));
+        assert_eq!(header_u32(&serde_json::json!({"bytes": [52]})), Some(4));
+        assert_eq!(header_u32(&serde_json::json!(null)), None);
+    }
+}
+
+impl Processor {
+    /// Builds the processor from the environment (`DATABASE_URL`, `AMQP_URL`, …).
+    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::from_env()?)?;
+        let broker = super::Broker::new(crate::config::BrokerConfig::from_env()?);
+        Ok(Self::new(pool, Publisher::new(broker)))
+    }
+}

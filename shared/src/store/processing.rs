@@ -1,0 +1,313 @@
+//! The processor's use case: apply a batch of order events in one transaction with a fixed
+//! number of set-based statements, whatever the batch size.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{SubsecRound, Utc};
+use deadpool_postgres::Pool;
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+use super::{corrupt, StoreError};
+use crate::domain::{Actor, OrderId, OrderStatus, StockEffect};
+use crate::messaging::OrderEvent;
+
+/// What a message asks the processor to do with an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OrderCommand {
+    /// `order.created`: validate, then `processed` or `rejected`.
+    Process,
+    /// `order.status_changed.shipped`: commit the order's stock.
+    CommitStock,
+    /// `order.status_changed.cancelled`: release the order's stock.
+    ReleaseStock,
+}
+
+/// How a command ended for its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// It changed the order or its stock.
+    Applied,
+    /// The order's stored state shows it was applied already (a duplicate or a copy) or
+    /// overtaken (a cancel before processing): nothing to do.
+    AlreadyApplied,
+    /// No such order.
+    UnknownOrder,
+}
+
+/// The stock path stored in `orders.stock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stock {
+    Reserved,
+    Committed,
+    Released,
+}
+
+impl Stock {
+    fn parse(raw: &str) -> Result<Self, StoreError> {
+        match raw {
+            "reserved" => Ok(Stock::Reserved),
+            "committed" => Ok(Stock::Committed),
+            "released" => Ok(Stock::Released),
+            other => Err(corrupt("stock", other)),
+        }
+    }
+
+    fn after(effect: StockEffect) -> Self {
+        match effect {
+            StockEffect::Commit => Stock::Committed,
+            StockEffect::Release => Stock::Released,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Stock::Reserved => "reserved",
+            Stock::Committed => "committed",
+            Stock::Released => "released",
+        }
+    }
+}
+
+struct LockedOrder {
+    status: OrderStatus,
+    stock: Stock,
+    /// (product, quantity, whether its reservation is in the ledger)
+    lines: Vec<(Uuid, i64, bool)>,
+}
+
+/// The result of a batch: an outcome per (order, command), and the status events the batch
+/// wrote to the outbox, to publish after commit.
+#[derive(Debug, Default)]
+pub struct AppliedBatch {
+    pub outcomes: HashMap<(OrderId, OrderCommand), CommandOutcome>,
+    pub events: Vec<OrderEvent>,
+}
+
+/// Applies `commands` (one per order and kind; duplicates are merged by the caller or here)
+/// in one transaction. Each effect is guarded by the order's stored status and stock path,
+/// read under a row lock, so however often a command arrives its effect happens once.
+///
+/// Round trips: begin, lock orders with their lines, lock products, one write statement,
+/// commit — five, for one message or ten thousand.
+pub async fn apply_order_commands(
+    pool: &Pool,
+    commands: &[(OrderId, OrderCommand, String)],
+) -> Result<AppliedBatch, StoreError> {
+    let mut by_order: BTreeMap<OrderId, Vec<(OrderCommand, &str)>> = BTreeMap::new();
+    for (order, command, correlation) in commands {
+        by_order
+            .entry(*order)
+            .or_default()
+            .push((*command, correlation.as_str()));
+    }
+    let order_ids: Vec<Uuid> = by_order.keys().map(OrderId::as_uuid).collect();
+
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    // Orders are locked in id order; products below in id order too. The API locks products
+    // (order creation) or one order (status change), never an order then a product, so no
+    // lock cycle can form.
+    let rows = tx
+        .query(
+            "SELECT o.id, o.status, o.stock, i.product_id, i.quantity::bigint AS quantity,
+                    EXISTS (SELECT 1 FROM inventory_ledger l
+                            WHERE l.order_id = o.id AND l.product_id = i.product_id
+                              AND l.reason = 'reserve') AS reserved
+             FROM orders o LEFT JOIN order_items i ON i.order_id = o.id
+             WHERE o.id = ANY($1)
+             ORDER BY o.id
+             FOR UPDATE OF o",
+            &[&order_ids],
+        )
+        .await?;
+    let mut locked: HashMap<Uuid, LockedOrder> = HashMap::new();
+    for row in &rows {
+        let id: Uuid = row.try_get("id")?;
+        if !locked.contains_key(&id) {
+            let status: String = row.try_get("status")?;
+            locked.insert(
+                id,
+                LockedOrder {
+                    status: OrderStatus::parse(&status)
+                        .ok_or_else(|| corrupt("status", &status))?,
+                    stock: Stock::parse(&row.try_get::<_, String>("stock")?)?,
+                    lines: Vec::new(),
+                },
+            );
+        }
+        if let Some(product) = row.try_get::<_, Option<Uuid>>("product_id")? {
+            if let Some(order) = locked.get_mut(&id) {
+                order
+                    .lines
+                    .push((product, row.try_get("quantity")?, row.try_get("reserved")?));
+            }
+        }
+    }
+
+    let now = Utc::now().trunc_subsecs(6);
+    let mut batch = AppliedBatch::default();
+    let mut change_ids = Vec::new();
+    let mut change_status: Vec<Option<&'static str>> = Vec::new();
+    let mut change_stock: Vec<Option<&'static str>> = Vec::new();
+    let mut product_deltas: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
+    let (mut ledger_products, mut ledger_inventory, mut ledger_reserved) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let (mut ledger_reasons, mut ledger_orders) = (Vec::new(), Vec::new());
+
+    for (order_id, order_commands) in &by_order {
+        let Some(order) = locked.get(&order_id.as_uuid()) else {
+            for (command, _) in order_commands {
+                batch
+                    .outcomes
+                    .insert((*order_id, *command), CommandOutcome::UnknownOrder);
+            }
+            continue;
+        };
+        let mut status = order.status;
+        let mut new_status = None;
+        let mut effect_applied = None;
+        for (command, correlation) in order_commands {
+            let applied = match command {
+                OrderCommand::Process if status == OrderStatus::Pending => {
+                    // The reservation made at creation is what makes an order fulfillable;
+                    // an order without lines or with a line that was never reserved is
+                    // rejected rather than shipped from stock it does not hold.
+                    let fulfillable = !order.lines.is_empty() && order.lines.iter().all(|l| l.2);
+                    let to = if fulfillable {
+                        OrderStatus::Processed
+                    } else {
+                        OrderStatus::Rejected
+                    };
+                    debug_assert!(status.can_become(to, Actor::Processor));
+                    status = to;
+                    new_status = Some(to);
+                    batch
+                        .events
+                        .push(OrderEvent::status_changed(*order_id, to, now, correlation));
+                    true
+                }
+                OrderCommand::Process => false,
+                OrderCommand::CommitStock | OrderCommand::ReleaseStock => false,
+            };
+            batch.outcomes.insert(
+                (*order_id, *command),
+                if applied {
+                    CommandOutcome::Applied
+                } else {
+                    CommandOutcome::AlreadyApplied
+                },
+            );
+        }
+        // The stock path follows the (possibly just changed) status, only from `reserved`,
+        // and only when a message asked for it or the processor itself rejected the order.
+        let wanted = status.stock_effect().filter(|effect| {
+            order_commands.iter().any(|(command, _)| {
+                matches!(
+                    (effect, command),
+                    (StockEffect::Commit, OrderCommand::CommitStock)
+                        | (StockEffect::Release, OrderCommand::ReleaseStock)
+                )
+            }) || new_status == Some(OrderStatus::Rejected)
+        });
+        if let (Some(effect), Stock::Reserved) = (wanted, order.stock) {
+            effect_applied = Some(effect);
+            for (product, quantity, _) in &order.lines {
+                let inventory = match effect {
+                    StockEffect::Commit => -quantity,
+                    StockEffect::Release => 0,
+                };
+                let delta = product_deltas.entry(*product).or_default();
+                delta.0 += inventory;
+                delta.1 -= quantity;
+                ledger_products.push(*product);
+                ledger_inventory.push(inventory);
+                ledger_reserved.push(-quantity);
+                ledger_reasons.push(match effect {
+                    StockEffect::Commit => "commit",
+                    StockEffect::Release => "release",
+                });
+                ledger_orders.push(order_id.as_uuid());
+            }
+            for (command, _) in order_commands {
+                if matches!(
+                    command,
+                    OrderCommand::CommitStock | OrderCommand::ReleaseStock
+                ) {
+                    batch
+                        .outcomes
+                        .insert((*order_id, *command), CommandOutcome::Applied);
+                }
+            }
+        }
+        if new_status.is_some() || effect_applied.is_some() {
+            change_ids.push(order_id.as_uuid());
+            change_status.push(new_status.map(OrderStatus::as_str));
+            change_stock.push(effect_applied.map(|e| Stock::after(e).as_str()));
+        }
+    }
+
+    if !change_ids.is_empty() {
+        let product_ids: Vec<Uuid> = product_deltas.keys().copied().collect();
+        if !product_ids.is_empty() {
+            tx.execute(
+                "SELECT 1 FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                &[&product_ids],
+            )
+            .await?;
+        }
+        let inventory_deltas: Vec<i64> = product_deltas.values().map(|d| d.0).collect();
+        let reserved_deltas: Vec<i64> = product_deltas.values().map(|d| d.1).collect();
+        let message_ids: Vec<Uuid> = batch.events.iter().map(|e| e.message_id).collect();
+        let routing_keys: Vec<String> = batch.events.iter().map(OrderEvent::routing_key).collect();
+        let payloads: Vec<Json<serde_json::Value>> =
+            batch.events.iter().map(|e| Json(e.to_json())).collect();
+        tx.execute(
+            "WITH changes AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(id, status, stock)
+             ), moved AS (
+                 UPDATE orders o SET status = coalesce(c.status, o.status),
+                                     stock = coalesce(c.stock, o.stock),
+                                     updated_at = $4
+                 FROM changes c WHERE o.id = c.id
+             ), history AS (
+                 INSERT INTO order_status_history (order_id, status, at)
+                 SELECT id, status, $4 FROM changes WHERE status IS NOT NULL
+             ), stock AS (
+                 UPDATE products p SET inventory = p.inventory + d.inventory,
+                                       reserved = p.reserved + d.reserved,
+                                       updated_at = $4
+                 FROM unnest($5::uuid[], $6::bigint[], $7::bigint[]) AS d(id, inventory, reserved)
+                 WHERE p.id = d.id
+             ), ledger AS (
+                 INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
+                 SELECT product_id, inventory_delta, reserved_delta, reason, order_id, $4
+                 FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::text[], $12::uuid[])
+                      AS l(product_id, inventory_delta, reserved_delta, reason, order_id)
+             )
+             INSERT INTO outbox (message_id, routing_key, payload, created_at)
+             SELECT message_id, routing_key, payload, $4
+             FROM unnest($13::uuid[], $14::text[], $15::jsonb[]) AS x(message_id, routing_key, payload)",
+            &[
+                &change_ids,
+                &change_status,
+                &change_stock,
+                &now,
+                &product_ids,
+                &inventory_deltas,
+                &reserved_deltas,
+                &ledger_products,
+                &ledger_inventory,
+                &ledger_reserved,
+                &ledger_reasons,
+                &ledger_orders,
+                &message_ids,
+                &routing_keys,
+                &payloads,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(batch)
+}
