@@ -49,3 +49,176 @@ impl Drop for TestBroker {
         .join();
     }
 }
+
+use base64::Engine;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::AMQPValue;
+use serde_json::{json, Value};
+
+const RABBITMQ_FIXTURE: &str = include_str!("../fixtures/rabbitmq-event.json");
+
+/// One message as the event source mapping hands it over: body and AMQP properties.
+#[derive(Debug, Clone)]
+pub struct EventMessage {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub message_type: Option<String>,
+    /// Header values as AWS encodes them (strings become `{"bytes": [...]}`).
+    pub headers: serde_json::Map<String, Value>,
+    pub redelivered: bool,
+}
+
+impl EventMessage {
+    pub fn new(body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            body: body.into(),
+            message_id: None,
+            message_type: None,
+            headers: serde_json::Map::new(),
+            redelivered: false,
+        }
+    }
+
+    /// An order event body of API.md.
+    pub fn order_event(kind: &str, order_id: &str, status: &str) -> Self {
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let body = json!({
+            "messageId": message_id,
+            "type": kind,
+            "orderId": order_id,
+            "status": status,
+            "occurredAt": "2026-11-26T10:00:00Z",
+            "correlationId": "test",
+        });
+        Self {
+            message_id: Some(message_id),
+            message_type: Some(kind.to_owned()),
+            ..Self::new(body.to_string())
+        }
+    }
+
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.headers.insert("x-attempts".into(), json!(attempts));
+        self
+    }
+
+    /// The message as the mapping delivers a copy of it that was delivered before.
+    pub fn redelivered(mut self) -> Self {
+        self.redelivered = true;
+        self
+    }
+
+    /// A message received from RabbitMQ, as the mapping would pass it on.
+    pub fn from_delivery(data: &[u8], properties: &lapin::BasicProperties) -> Self {
+        let mut headers = serde_json::Map::new();
+        if let Some(table) = properties.headers() {
+            for (name, value) in table.inner() {
+                headers.insert(name.to_string(), aws_header(value));
+            }
+        }
+        Self {
+            body: data.to_vec(),
+            message_id: properties.message_id().as_ref().map(|v| v.to_string()),
+            message_type: properties.kind().as_ref().map(|v| v.to_string()),
+            headers,
+            redelivered: false,
+        }
+    }
+}
+
+fn aws_header(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::LongString(s) => json!({"bytes": s.as_bytes()}),
+        AMQPValue::ShortString(s) => json!({"bytes": s.as_str().as_bytes()}),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+/// The Amazon MQ for RabbitMQ event AWS sends, built from AWS's own example: messages keyed
+/// `queue::vhost`, base64 `data`, `basicProperties`, `redelivered`.
+pub fn rabbitmq_event(
+    queue: &str,
+    messages: &[EventMessage],
+) -> aws_lambda_events::event::rabbitmq::RabbitMqEvent {
+    let mut event: Value = serde_json::from_str(RABBITMQ_FIXTURE).expect("fixture");
+    let template = event["rmqMessagesByQueue"]["test::/"][0].clone();
+    let mapped: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let mut message = template.clone();
+            let properties = &mut message["basicProperties"];
+            properties["contentType"] = json!("application/json");
+            properties["headers"] = Value::Object(m.headers.clone());
+            properties["deliveryMode"] = json!(2);
+            properties["priority"] = json!(0);
+            properties["expiration"] = Value::Null;
+            properties["messageId"] = json!(m.message_id);
+            properties["type"] = json!(m.message_type);
+            properties["bodySize"] = json!(m.body.len());
+            message["redelivered"] = json!(m.redelivered);
+            message["data"] = json!(base64::engine::general_purpose::STANDARD.encode(&m.body));
+            message
+        })
+        .collect();
+    event["rmqMessagesByQueue"] = json!({ format!("{queue}::/"): mapped });
+    serde_json::from_value(event)
+        .expect("the event deserialises as aws_lambda_events' RabbitMqEvent")
+}
+
+impl TestBroker {
+    /// Takes every message now in `queue`, acknowledging each.
+    pub async fn drain(&self, queue: &str) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
+        let broker = self.broker();
+        let channel = broker.channel().await.expect("channel");
+        let mut messages = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            let delivery = message.delivery;
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            messages.push((delivery.data.clone(), delivery.properties.clone()));
+        }
+        broker.reset().await;
+        messages
+    }
+
+    /// Waits until `queue` holds at least `count` messages (or `timeout` passes), then drains it.
+    pub async fn wait_for(
+        &self,
+        queue: &str,
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut messages = Vec::new();
+        loop {
+            messages.extend(self.drain(queue).await);
+            if messages.len() >= count || tokio::time::Instant::now() >= deadline {
+                return messages;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A string header of a message, as RabbitMQ holds it.
+pub fn header_string(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+pub fn header_int(properties: &lapin::BasicProperties, name: &str) -> Option<i64> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}

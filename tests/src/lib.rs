@@ -4,10 +4,12 @@
 pub mod api;
 pub mod broker;
 pub mod database;
+pub mod harness;
 
 pub use api::{Api, TestResponse};
-pub use broker::TestBroker;
+pub use broker::{header_int, header_string, rabbitmq_event, EventMessage, TestBroker};
 pub use database::TestDb;
+pub use harness::Harness;
 
 /// The PostgreSQL server tests create their databases on.
 pub fn admin_database_url() -> String {

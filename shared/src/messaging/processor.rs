@@ -146,8 +146,17 @@ impl Processor {
             commands.iter().map(|(_, c)| c.clone()).collect();
         match self.apply_and_publish(&all).await {
             Ok(outcomes) => {
+                // Copies of one command in a batch: the first made the effect, the rest are
+                // duplicates of it.
+                let mut seen = HashSet::new();
                 for (index, (order, command, _)) in commands {
-                    dispositions[*index] = disposition(outcomes.get(&(*order, *command)).copied());
+                    dispositions[*index] =
+                        match disposition(outcomes.get(&(*order, *command)).copied()) {
+                            Disposition::Applied if !seen.insert((*order, *command)) => {
+                                Disposition::Unchanged
+                            }
+                            other => other,
+                        };
                 }
             }
             Err(e) if e.is_unavailable() => {

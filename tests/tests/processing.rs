@@ -1,0 +1,374 @@
+//! `process-orders` fed with real-shaped Amazon MQ events, against real PostgreSQL and
+//! RabbitMQ (an exchange and queues of each test's own).
+
+use std::time::Duration;
+
+use serde_json::json;
+use shared::messaging::{relay_outbox, Processor, Publisher};
+use system_tests::{header_int, header_string, EventMessage, Harness};
+
+fn id(response: &system_tests::TestResponse) -> String {
+    response.body["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn created_orders_flow_through_rabbitmq_to_processed() {
+    let h = Harness::new().await;
+    let product = h.api.product("4.00", 10).await;
+    let order = id(&h.api.order(&[(&product, 2)]).await);
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        0,
+        "published after commit"
+    );
+
+    let summaries = h.settle().await;
+    assert_eq!(summaries[0].applied, 1);
+    assert_eq!(h.order_status(&order).await, "processed");
+    let history = h.api.get(&format!("/orders/{order}")).await.body["statusHistory"].clone();
+    assert_eq!(history.as_array().unwrap().len(), 2);
+    // The processor's own event went out (to the audit tail), not back to its queue.
+    let audit = h.broker.drain(&h.broker.topology.audit_queue).await;
+    let keys: Vec<String> = audit
+        .iter()
+        .map(|(data, _)| {
+            serde_json::from_slice::<serde_json::Value>(data).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(keys, ["pending", "processed"]);
+    assert!(h.broker.drain(&h.broker.topology.queue).await.is_empty());
+    h.db.assert_always_invariants().await;
+}
+
+#[tokio::test]
+async fn a_mixed_batch_applies_the_good_messages_once_and_parks_the_bad_with_reasons() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 10).await;
+    let good_a = id(&h.api.order(&[(&product, 1)]).await);
+    let good_b = id(&h.api.order(&[(&product, 2)]).await);
+    h.broker.drain(&h.broker.topology.queue).await;
+
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let summary = h
+        .handle(&[
+            EventMessage::order_event("order.created", &good_a, "pending"),
+            EventMessage::new("{not json"),
+            EventMessage::order_event("order.exploded", &good_a, "pending"),
+            EventMessage::order_event("order.created", &ghost, "pending").with_attempts(4),
+            EventMessage::order_event("order.created", &ghost, "pending"),
+            EventMessage::order_event("order.created", &good_b, "pending"),
+        ])
+        .await;
+    assert_eq!(
+        (
+            summary.received,
+            summary.applied,
+            summary.parked,
+            summary.retried
+        ),
+        (6, 2, 3, 1)
+    );
+    assert_eq!(summary.failed_message_ids.len(), 4);
+    assert_eq!(h.order_status(&good_a).await, "processed");
+    assert_eq!(h.order_status(&good_b).await, "processed");
+
+    let parked = h.broker.drain(&h.broker.topology.dead_letter_queue).await;
+    let mut reasons: Vec<String> = parked
+        .iter()
+        .map(|(_, p)| header_string(p, "x-dlq-reason").unwrap())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3);
+    assert!(reasons[0].starts_with("malformed: not JSON"), "{reasons:?}");
+    assert!(
+        reasons[1].starts_with("unknown message type"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("unknown order (after 5 attempts)"),
+        "{reasons:?}"
+    );
+    assert!(
+        parked.iter().any(|(data, _)| data == b"{not json"),
+        "the original body is kept"
+    );
+    assert!(parked
+        .iter()
+        .all(|(_, p)| header_int(p, "x-attempts").is_some()));
+
+    // The unknown order on its first attempt waits in the 1-second delay queue, then comes
+    // back to the processor's queue with its attempt counted.
+    let back = h
+        .broker
+        .wait_for(&h.broker.topology.queue, 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(header_int(&back[0].1, "x-attempts"), Some(1));
+    assert_eq!(
+        header_string(&back[0].1, "x-last-error").as_deref(),
+        Some("unknown order")
+    );
+    h.db.assert_always_invariants().await;
+}
+
+#[tokio::test]
+async fn every_message_twice_and_the_whole_batch_again_apply_each_effect_once() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 100).await;
+    let to_ship = id(&h.api.order(&[(&product, 5)]).await);
+    let to_cancel = id(&h.api.order(&[(&product, 7)]).await);
+    h.settle().await;
+    assert_eq!(
+        h.api
+            .patch(
+                &format!("/orders/{to_ship}/status"),
+                json!({"status": "shipped"})
+            )
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        h.api
+            .patch(
+                &format!("/orders/{to_cancel}/status"),
+                json!({"status": "cancelled"})
+            )
+            .await
+            .status,
+        200
+    );
+    h.broker.drain(&h.broker.topology.queue).await;
+
+    let ship = EventMessage::order_event("order.status_changed", &to_ship, "shipped");
+    let cancel = EventMessage::order_event("order.status_changed", &to_cancel, "cancelled");
+    let created = EventMessage::order_event("order.created", &to_ship, "pending");
+    // A copy re-published under a new message id is a duplicate too.
+    let copy = EventMessage::order_event("order.status_changed", &to_ship, "shipped");
+    let batch = vec![
+        ship.clone(),
+        ship.clone(),
+        cancel.clone(),
+        cancel.clone(),
+        created.clone(),
+        copy,
+    ];
+    let first = h.handle(&batch).await;
+    assert_eq!(
+        (first.applied, first.unchanged, first.parked, first.retried),
+        (2, 4, 0, 0),
+        "{first:?}"
+    );
+    let redelivered: Vec<EventMessage> = batch.into_iter().map(EventMessage::redelivered).collect();
+    let second = h.handle(&redelivered).await;
+    assert_eq!((second.applied, second.unchanged), (0, 6));
+
+    assert_eq!(
+        h.api.stock(&product).await,
+        (95, 0),
+        "shipped 5 committed once, cancelled 7 released once"
+    );
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM inventory_ledger WHERE reason IN ('commit', 'release')")
+            .await,
+        2
+    );
+    h.db.assert_always_invariants().await;
+    h.db.assert_reserved_matches_open_orders().await;
+}
+
+#[tokio::test]
+async fn a_cancel_before_processing_keeps_the_order_cancelled_and_releases_once() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 10).await;
+    let order = id(&h.api.order(&[(&product, 3)]).await);
+    assert_eq!(
+        h.api
+            .patch(
+                &format!("/orders/{order}/status"),
+                json!({"status": "cancelled"})
+            )
+            .await
+            .status,
+        200
+    );
+    // The cancel's message arrives first, then order.created, then the cancel again.
+    let cancel = EventMessage::order_event("order.status_changed", &order, "cancelled");
+    h.handle(&[cancel.clone()]).await;
+    h.handle(&[
+        EventMessage::order_event("order.created", &order, "pending"),
+        cancel,
+    ])
+    .await;
+    h.broker.drain(&h.broker.topology.queue).await;
+    assert_eq!(h.order_status(&order).await, "cancelled");
+    assert_eq!(h.api.stock(&product).await, (10, 0));
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM inventory_ledger WHERE reason = 'release'")
+            .await,
+        1
+    );
+    h.db.assert_always_invariants().await;
+}
+
+#[tokio::test]
+async fn orders_created_while_the_broker_is_down_are_processed_once_it_is_back() {
+    let h = Harness::new().await;
+    // The HTTP functions' broker is unreachable: writes still succeed, messages wait.
+    let api = system_tests::Api {
+        state: shared::http::ApiState {
+            pool: h.db.pool.clone(),
+            publisher: Some(Publisher::new(h.unreachable_broker())),
+        },
+    };
+    let product = api.product("1.00", 10).await;
+    let mut orders = Vec::new();
+    for _ in 0..3 {
+        let response = api.order(&[(&product, 1)]).await;
+        assert_eq!(response.status, 201);
+        orders.push(id(&response));
+    }
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        3
+    );
+
+    // The relay, with the broker back, publishes what was left; nothing is lost.
+    let published = relay_outbox(&h.db.pool, &h.publisher(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(published, 3);
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        0
+    );
+    h.settle().await;
+    for order in &orders {
+        assert_eq!(h.order_status(order).await, "processed");
+    }
+}
+
+#[tokio::test]
+async fn a_database_failure_mid_batch_applies_nothing_and_sends_the_batch_to_retry() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 10).await;
+    let a = id(&h.api.order(&[(&product, 1)]).await);
+    let b = id(&h.api.order(&[(&product, 1)]).await);
+    h.broker.drain(&h.broker.topology.queue).await;
+    // The connection is lost in the middle of the batch's write statement.
+    h.db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION fail_mid_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.id = '{b}' THEN RAISE EXCEPTION 'terminating connection' USING ERRCODE = '57P01'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER fail_mid_batch BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION fail_mid_batch();"
+        ))
+        .await
+        .unwrap();
+    let batch = [
+        EventMessage::order_event("order.created", &a, "pending"),
+        EventMessage::order_event("order.created", &b, "pending"),
+    ];
+    let summary = h.handle(&batch).await;
+    assert_eq!((summary.applied, summary.retried), (0, 2));
+    assert_eq!(h.order_status(&a).await, "pending", "nothing half-applied");
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM outbox WHERE payload->>'status' = 'processed'")
+            .await,
+        0
+    );
+
+    // The database is back; the retried batch returns from its delay queue and applies.
+    h.db.client()
+        .await
+        .batch_execute("DROP TRIGGER fail_mid_batch ON orders")
+        .await
+        .unwrap();
+    let back = h
+        .broker
+        .wait_for(&h.broker.topology.queue, 2, Duration::from_secs(5))
+        .await;
+    assert_eq!(back.len(), 2);
+    let messages: Vec<EventMessage> = back
+        .iter()
+        .map(|(d, p)| EventMessage::from_delivery(d, p))
+        .collect();
+    let retried = h.handle(&messages).await;
+    assert_eq!(retried.applied, 2);
+    assert_eq!(h.order_status(&a).await, "processed");
+    assert_eq!(h.order_status(&b).await, "processed");
+}
+
+#[tokio::test]
+async fn one_message_that_breaks_the_batch_fails_alone() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 10).await;
+    let good = id(&h.api.order(&[(&product, 1)]).await);
+    let bad = id(&h.api.order(&[(&product, 1)]).await);
+    h.broker.drain(&h.broker.topology.queue).await;
+    h.db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.id = '{bad}' THEN RAISE EXCEPTION 'this order breaks'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_one BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION refuse_one();"
+        ))
+        .await
+        .unwrap();
+    let summary = h
+        .handle(&[
+            EventMessage::order_event("order.created", &good, "pending"),
+            EventMessage::order_event("order.created", &bad, "pending"),
+        ])
+        .await;
+    assert_eq!((summary.applied, summary.retried), (1, 1));
+    assert_eq!(h.order_status(&good).await, "processed");
+    assert_eq!(h.order_status(&bad).await, "pending");
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_fails_the_invocation_so_the_batch_is_redelivered() {
+    let h = Harness::new().await;
+    let processor = Processor::new(h.db.pool.clone(), Publisher::new(h.unreachable_broker()));
+    let event =
+        system_tests::rabbitmq_event(&h.broker.topology.queue, &[EventMessage::new("not json")]);
+    assert!(processor.handle(&event).await.is_err());
+}
+
+#[tokio::test]
+async fn an_order_that_cannot_be_fulfilled_is_rejected_and_its_stock_released() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 10).await;
+    let order = id(&h.api.order(&[(&product, 4)]).await);
+    h.broker.drain(&h.broker.topology.queue).await;
+    // Its reservation is gone from the ledger (damaged data): it must not be fulfilled.
+    h.db.client()
+        .await
+        .batch_execute(&format!(
+            "DELETE FROM inventory_ledger WHERE order_id = '{order}'"
+        ))
+        .await
+        .unwrap();
+    let summary = h
+        .handle(&[EventMessage::order_event(
+            "order.created",
+            &order,
+            "pending",
+        )])
+        .await;
+    assert_eq!(summary.applied, 1);
+    assert_eq!(h.order_status(&order).await, "rejected");
+    assert_eq!(h.api.stock(&product).await, (10, 0));
+}
