@@ -198,7 +198,7 @@ async fn a_cancel_before_processing_keeps_the_order_cancelled_and_releases_once(
     );
     // The cancel's message arrives first, then order.created, then the cancel again.
     let cancel = EventMessage::order_event("order.status_changed", &order, "cancelled");
-    h.handle(&[cancel.clone()]).await;
+    h.handle(std::slice::from_ref(&cancel)).await;
     h.handle(&[
         EventMessage::order_event("order.created", &order, "pending"),
         cancel,

@@ -217,33 +217,6 @@ fn with_location(mut response: Response<Body>, location: String) -> Response<Bod
     response
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_match_their_routes_and_capture_the_id() {
-        let get = Method::GET;
-        assert_eq!(
-            Endpoint::GetProduct.match_path(&get, "/products/abc"),
-            Some(Some("abc"))
-        );
-        assert_eq!(
-            Endpoint::ListProducts.match_path(&get, "/products"),
-            Some(None)
-        );
-        assert_eq!(Endpoint::GetProduct.match_path(&get, "/products/"), None);
-        assert_eq!(
-            Endpoint::GetProduct.match_path(&Method::POST, "/products/abc"),
-            None
-        );
-        assert_eq!(
-            Endpoint::UpdateOrderStatus.match_path(&Method::PATCH, "/orders/x/status"),
-            Some(Some("x"))
-        );
-    }
-}
-
 impl ApiState {
     /// Builds the state from the environment: the pool always; the publisher when
     /// `AMQP_URL` is set (without it, the outbox relay publishes everything).
@@ -270,4 +243,31 @@ pub async fn serve(endpoints: &'static [Endpoint]) -> Result<(), lambda_http::Er
         Ok::<_, std::convert::Infallible>(handle(state, endpoints, request).await)
     }))
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_their_routes_and_capture_the_id() {
+        let get = Method::GET;
+        assert_eq!(
+            Endpoint::GetProduct.match_path(&get, "/products/abc"),
+            Some(Some("abc"))
+        );
+        assert_eq!(
+            Endpoint::ListProducts.match_path(&get, "/products"),
+            Some(None)
+        );
+        assert_eq!(Endpoint::GetProduct.match_path(&get, "/products/"), None);
+        assert_eq!(
+            Endpoint::GetProduct.match_path(&Method::POST, "/products/abc"),
+            None
+        );
+        assert_eq!(
+            Endpoint::UpdateOrderStatus.match_path(&Method::PATCH, "/orders/x/status"),
+            Some(Some("x"))
+        );
+    }
 }

@@ -410,6 +410,15 @@ fn header_text(value: &Value) -> Option<String> {
     }
 }
 
+impl Processor {
+    /// Builds the processor from the environment (`DATABASE_URL`, `AMQP_URL`, …).
+    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
+        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::from_env()?)?;
+        let broker = super::Broker::new(crate::config::BrokerConfig::from_env()?);
+        Ok(Self::new(pool, Publisher::new(broker)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,14 +450,5 @@ mod tests {
         assert_eq!(header_u32(&serde_json::json!(3)), Some(3));
         assert_eq!(header_u32(&serde_json::json!({"bytes": [52]})), Some(4));
         assert_eq!(header_u32(&serde_json::json!(null)), None);
-    }
-}
-
-impl Processor {
-    /// Builds the processor from the environment (`DATABASE_URL`, `AMQP_URL`, …).
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::from_env()?)?;
-        let broker = super::Broker::new(crate::config::BrokerConfig::from_env()?);
-        Ok(Self::new(pool, Publisher::new(broker)))
     }
 }

@@ -1,6 +1,7 @@
 //! The processor's use case: apply a batch of order events in one transaction with a fixed
 //! number of set-based statements, whatever the batch size.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{SubsecRound, Utc};
@@ -124,24 +125,22 @@ pub async fn apply_order_commands(
     let mut locked: HashMap<Uuid, LockedOrder> = HashMap::new();
     for row in &rows {
         let id: Uuid = row.try_get("id")?;
-        if !locked.contains_key(&id) {
-            let status: String = row.try_get("status")?;
-            locked.insert(
-                id,
-                LockedOrder {
+        let order = match locked.entry(id) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let status: String = row.try_get("status")?;
+                entry.insert(LockedOrder {
                     status: OrderStatus::parse(&status)
                         .ok_or_else(|| corrupt("status", &status))?,
                     stock: Stock::parse(&row.try_get::<_, String>("stock")?)?,
                     lines: Vec::new(),
-                },
-            );
-        }
-        if let Some(product) = row.try_get::<_, Option<Uuid>>("product_id")? {
-            if let Some(order) = locked.get_mut(&id) {
-                order
-                    .lines
-                    .push((product, row.try_get("quantity")?, row.try_get("reserved")?));
+                })
             }
+        };
+        if let Some(product) = row.try_get::<_, Option<Uuid>>("product_id")? {
+            order
+                .lines
+                .push((product, row.try_get("quantity")?, row.try_get("reserved")?));
         }
     }
 

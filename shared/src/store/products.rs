@@ -158,8 +158,7 @@ pub async fn adjust_inventory(
     reason: &AdjustmentReason,
 ) -> Result<Product, StoreError> {
     let client = pool.get().await?;
-    let sql = format!(
-        "WITH current AS (
+    let sql = "WITH current AS (
              SELECT id, inventory, reserved FROM products WHERE id = $1 FOR UPDATE
          ), adjusted AS (
              UPDATE products p SET inventory = p.inventory + $2, updated_at = now()
@@ -171,10 +170,9 @@ pub async fn adjust_inventory(
              SELECT id, $2, 0, 'adjustment', $3 FROM adjusted
          )
          SELECT c.inventory - c.reserved AS current_available, a.*
-         FROM current c LEFT JOIN adjusted a ON true"
-    );
+         FROM current c LEFT JOIN adjusted a ON true";
     let row = client
-        .query_opt(&sql, &[&id.as_uuid(), &delta.get(), &reason.as_str()])
+        .query_opt(sql, &[&id.as_uuid(), &delta.get(), &reason.as_str()])
         .await?
         .ok_or(StoreError::NotFound)?;
     if row.try_get::<_, Option<uuid::Uuid>>("id")?.is_none() {
