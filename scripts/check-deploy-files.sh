@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Checks the deployment files against each other and against the linters:
+#   1. cfn-lint on template.yaml, with the serverless rules (cfn-lint-serverless) when they
+#      can be installed;
+#   2. openapi.yaml is a valid OpenAPI 3.0 document (openapi-spec-validator);
+#   3. every function's binary is a crate under functions/;
+#   4. the routes template.yaml gives API Gateway, the operations openapi.yaml describes and
+#      the route keys of the code (shared/src/http/mod.rs, Endpoint::route_key) are the same
+#      set of (METHOD, path).
+# Exits nonzero on any finding. Installs what it needs with pip when it is missing.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check "$@"
+}
+
+has_module() {
+  python3 -c "import $1" >/dev/null 2>&1
+}
+
+if ! command -v cfn-lint >/dev/null 2>&1; then
+  echo "installing cfn-lint"
+  pip_install cfn-lint
+fi
+if ! has_module yaml; then
+  echo "installing PyYAML"
+  pip_install pyyaml
+fi
+
+serverless_rules=()
+if has_module cfn_lint_serverless || pip_install cfn-lint-serverless >/dev/null 2>&1; then
+  serverless_rules=(--append-rules cfn_lint_serverless.rules)
+else
+  echo "warning: cfn-lint-serverless could not be installed; linting without the serverless rules" >&2
+fi
+
+echo "== cfn-lint template.yaml ${serverless_rules[*]}"
+cfn-lint template.yaml "${serverless_rules[@]}"
+echo "cfn-lint: no findings"
+
+if ! has_module openapi_spec_validator; then
+  pip_install openapi-spec-validator >/dev/null 2>&1 \
+    || echo "warning: openapi-spec-validator could not be installed; openapi.yaml is not validated" >&2
+fi
+
+echo "== routes: template.yaml vs openapi.yaml vs shared/src/http/mod.rs"
+python3 - <<'PY'
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+
+class CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation YAML: a short-form tag (!Ref, !Sub, !If, ...) keeps its value."""
+
+
+def _untagged(loader, _suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        return loader.construct_scalar(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_mapping(node, deep=True)
+
+
+CfnLoader.add_multi_constructor("!", _untagged)
+
+problems = []
+
+# --- template.yaml -------------------------------------------------------------------------
+template = yaml.load(Path("template.yaml").read_text(), Loader=CfnLoader)
+template_routes = {}
+for name, resource in template.get("Resources", {}).items():
+    if resource.get("Type") != "AWS::Serverless::Function":
+        continue
+    binary = resource.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
+    if binary and not Path("functions", binary, "Cargo.toml").is_file():
+        problems.append(f"{name} builds binary {binary!r}, but there is no functions/{binary}/Cargo.toml")
+    for event_name, event in (resource.get("Properties", {}).get("Events") or {}).items():
+        if event.get("Type") != "HttpApi":
+            continue
+        props = event.get("Properties") or {}
+        if props.get("ApiId") != "Api":
+            problems.append(f"{name}/{event_name}: ApiId must be !Ref Api (else SAM makes an implicit API)")
+        route = (str(props.get("Method", "")).upper(), props.get("Path"))
+        if route[0] in ("", "ANY") or not route[1]:
+            problems.append(f"{name}/{event_name}: needs an explicit Method and Path, has {route}")
+        if route in template_routes:
+            problems.append(f"{route} is routed twice: {template_routes[route]} and {name}")
+        template_routes[route] = name
+
+# --- openapi.yaml --------------------------------------------------------------------------
+spec = yaml.safe_load(Path("openapi.yaml").read_text())
+try:
+    from openapi_spec_validator import validate
+except ImportError:
+    validate = None
+if validate is not None:
+    try:
+        validate(spec)
+        print("openapi.yaml: valid OpenAPI", spec.get("openapi"))
+    except Exception as error:  # the validator's errors have no common base worth naming
+        problems.append(f"openapi.yaml is not a valid OpenAPI document: {error}")
+http_methods = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+spec_routes = {
+    (method.upper(), path)
+    for path, item in (spec.get("paths") or {}).items()
+    for method in item
+    if method in http_methods
+}
+
+# --- the code ------------------------------------------------------------------------------
+source = Path("shared/src/http/mod.rs").read_text()
+code_routes = {
+    (method, path)
+    for method, path in re.findall(r'=>\s*"(GET|POST|PUT|PATCH|DELETE) (/[^"]*)"', source)
+}
+if not code_routes:
+    problems.append("found no route keys in shared/src/http/mod.rs (Endpoint::route_key)")
+
+
+def compare(left_name, left, right_name, right):
+    for method, path in sorted(left - right):
+        problems.append(f"{method} {path} is in {left_name} but not in {right_name}")
+
+
+compare("template.yaml", set(template_routes), "openapi.yaml", spec_routes)
+compare("openapi.yaml", spec_routes, "template.yaml", set(template_routes))
+compare("shared/src/http/mod.rs", code_routes, "template.yaml", set(template_routes))
+compare("template.yaml", set(template_routes), "shared/src/http/mod.rs", code_routes)
+
+for method, path in sorted(template_routes, key=lambda r: (r[1], r[0])):
+    print(f"  {method:6} {path:42} -> {template_routes[(method, path)]}")
+if problems:
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    sys.exit(1)
+print(f"routes: the {len(template_routes)} routes agree in template.yaml, openapi.yaml and the code")
+PY
