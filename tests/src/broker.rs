@@ -34,19 +34,11 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         let config = self.config.clone();
         let topology = self.topology.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let broker = Broker::new(config);
-                let result = topology.delete(&broker).await.ok();
-                broker.reset().await;
-                result
-            })
-        })
-        .join();
+        crate::clean_up(move || async move {
+            let broker = Broker::new(config);
+            let _ = topology.delete(&broker).await;
+            broker.reset().await;
+        });
     }
 }
 

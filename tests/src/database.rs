@@ -102,6 +102,18 @@ impl TestDb {
         );
     }
 
+    /// Moves a pending order to `processed` as the processor does, without running it.
+    pub async fn mark_processed(&self, order_id: &str) {
+        self.client()
+            .await
+            .batch_execute(&format!(
+                "UPDATE orders SET status = 'processed' WHERE id = '{order_id}';
+                 INSERT INTO order_status_history (order_id, status) VALUES ('{order_id}', 'processed');"
+            ))
+            .await
+            .expect("mark processed");
+    }
+
     /// INVARIANTS.md 7: once settled, reserved is what open orders hold.
     pub async fn assert_reserved_matches_open_orders(&self) {
         let mismatches = self
@@ -136,21 +148,13 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
         let admin_url = crate::admin_database_url();
-        // Drop runs inside the test's runtime; a thread with its own runtime can block on it.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&admin_url, NoTls).await.ok()?;
+        crate::clean_up(move || async move {
+            if let Ok((client, connection)) = tokio_postgres::connect(&admin_url, NoTls).await {
                 tokio::spawn(connection);
-                client
+                let _ = client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+                    .await;
+            }
+        });
     }
 }

@@ -27,3 +27,20 @@ pub fn amqp_url() -> String {
 pub fn unique_suffix() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
+
+/// Runs a test's clean-up from `Drop`, which runs inside the test's runtime: a thread with a
+/// runtime of its own can block on async work there.
+pub(crate) fn clean_up<F>(work: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future,
+{
+    let _ = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(work());
+        }
+    })
+    .join();
+}

@@ -122,14 +122,7 @@ async fn concurrent_conflicting_status_changes_have_one_winner() {
             .as_str()
             .unwrap()
             .to_owned();
-        db.client()
-            .await
-            .batch_execute(&format!(
-                "UPDATE orders SET status = 'processed' WHERE id = '{id}';
-                 INSERT INTO order_status_history (order_id, status) VALUES ('{id}', 'processed');"
-            ))
-            .await
-            .unwrap();
+        db.mark_processed(&id).await;
         let requests = ["shipped", "cancelled", "shipped", "cancelled"].map(|status| {
             let api = api.clone();
             let path = format!("/orders/{id}/status");

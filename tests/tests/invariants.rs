@@ -27,7 +27,13 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
     let seed = std::env::var("WORKLOAD_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     println!("WORKLOAD_SEED={seed}");
     let h = Arc::new(Harness::new().await);
     let mut products = Vec::new();
@@ -52,16 +58,26 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
         let h = h.clone();
         let products = products.clone();
         tokio::spawn(async move {
-            let mut rng = XorShift(seed.wrapping_add(client.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+            let mut rng =
+                XorShift(seed.wrapping_add(client.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
             let mut mine: Vec<String> = Vec::new();
             for _ in 0..40 {
                 match rng.next(10) {
                     0..=4 => {
                         let lines: Vec<(&str, u32)> = (0..=rng.next(3))
-                            .map(|_| (products[rng.next(5) as usize].as_str(), 1 + rng.next(4) as u32))
+                            .map(|_| {
+                                (
+                                    products[rng.next(5) as usize].as_str(),
+                                    1 + rng.next(4) as u32,
+                                )
+                            })
                             .collect();
                         let response = h.api.order(&lines).await;
-                        assert!(response.status == 201 || response.status == 409, "{}", response.body);
+                        assert!(
+                            response.status == 201 || response.status == 409,
+                            "{}",
+                            response.body
+                        );
                         if response.status == 201 {
                             mine.push(response.body["id"].as_str().unwrap().to_owned());
                         }
@@ -69,8 +85,18 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
                     5..=8 if !mine.is_empty() => {
                         let order = &mine[rng.next(mine.len() as u64) as usize];
                         let status = ["cancelled", "shipped", "delivered"][rng.next(3) as usize];
-                        let response = h.api.patch(&format!("/orders/{order}/status"), json!({"status": status})).await;
-                        assert!(response.status == 200 || response.status == 409, "{}", response.body);
+                        let response = h
+                            .api
+                            .patch(
+                                &format!("/orders/{order}/status"),
+                                json!({"status": status}),
+                            )
+                            .await;
+                        assert!(
+                            response.status == 200 || response.status == 409,
+                            "{}",
+                            response.body
+                        );
                     }
                     _ => {
                         let product = &products[rng.next(5) as usize];
@@ -78,9 +104,16 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
                         if delta != 0 {
                             let response = h
                                 .api
-                                .post(&format!("/products/{product}/inventory-adjustments"), json!({"delta": delta, "reason": "count"}))
+                                .post(
+                                    &format!("/products/{product}/inventory-adjustments"),
+                                    json!({"delta": delta, "reason": "count"}),
+                                )
                                 .await;
-                            assert!(response.status == 200 || response.status == 409, "{}", response.body);
+                            assert!(
+                                response.status == 200 || response.status == 409,
+                                "{}",
+                                response.body
+                            );
                         }
                     }
                 }
@@ -108,7 +141,9 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
     let adjustments: i64 = db
         .scalar("SELECT coalesce(sum(inventory_delta), 0)::bigint FROM inventory_ledger WHERE reason = 'adjustment'")
         .await;
-    let inventory: i64 = db.scalar("SELECT sum(inventory)::bigint FROM products").await;
+    let inventory: i64 = db
+        .scalar("SELECT sum(inventory)::bigint FROM products")
+        .await;
     assert_eq!(inventory, initial + adjustments - shipped);
     // 4: stock path agrees with status.
     assert_eq!(
@@ -117,7 +152,11 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
         "every order's stock took the one path its status implies"
     );
     // 9: nothing left pending.
-    assert_eq!(db.scalar("SELECT count(*) FROM orders WHERE status = 'pending'").await, 0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM orders WHERE status = 'pending'")
+            .await,
+        0
+    );
     // 3: histories start with pending and follow the transition table.
     assert_eq!(
         db.scalar(
@@ -134,12 +173,24 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
         "the last history entry is the current status"
     );
     // 2: totals are computed from lines; quantities stay in bounds.
-    assert_eq!(db.scalar("SELECT count(*) FROM order_items WHERE quantity NOT BETWEEN 1 AND 10000").await, 0);
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM order_items WHERE quantity NOT BETWEEN 1 AND 10000")
+            .await,
+        0
+    );
     // 5 and 10: one outbox message per status change, all published, none parked.
     assert_eq!(
         db.scalar("SELECT count(*) FROM outbox").await,
         db.scalar("SELECT count(*) FROM order_status_history").await
     );
-    assert_eq!(db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").await, 0);
-    assert!(h.broker.drain(&h.broker.topology.dead_letter_queue).await.is_empty());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        0
+    );
+    assert!(h
+        .broker
+        .drain(&h.broker.topology.dead_letter_queue)
+        .await
+        .is_empty());
 }

@@ -344,14 +344,7 @@ async fn clients_move_orders_along_the_transition_table_only() {
     assert_eq!(same.status, 200, "asking for the current status is a no-op");
 
     // The processor's move, as it makes it.
-    db.client()
-        .await
-        .batch_execute(&format!(
-            "UPDATE orders SET status = 'processed' WHERE id = '{id}';
-             INSERT INTO order_status_history (order_id, status) VALUES ('{id}', 'processed');"
-        ))
-        .await
-        .unwrap();
+    db.mark_processed(&id).await;
     let shipped = api.patch(&path, json!({"status": "shipped"})).await;
     assert_eq!(shipped.status, 200, "{}", shipped.body);
     assert_eq!(shipped.body["status"], "shipped");

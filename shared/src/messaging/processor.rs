@@ -333,20 +333,7 @@ fn command_of(body: &[u8]) -> Result<Option<(OrderId, OrderCommand, String)>, St
 
 /// Reads a header as AWS delivers it: numbers as JSON numbers, strings as `{"bytes": [...]}`.
 fn header_u32(value: &Value) -> Option<u32> {
-    match value {
-        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-        Value::String(s) => s.parse().ok(),
-        Value::Object(map) => {
-            let bytes: Vec<u8> = map
-                .get("bytes")?
-                .as_array()?
-                .iter()
-                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-                .collect();
-            std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
-        }
-        _ => None,
-    }
+    header_text(value)?.trim().parse().ok()
 }
 
 /// The original message's properties, with the attempt count and reason added, so a parked
