@@ -10,12 +10,95 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("environment variable {name} is malformed: {reason}")]
     Malformed { name: &'static str, reason: String },
-    #[error("cannot read {path}: {source}")]
-    Unreadable {
-        path: PathBuf,
+    #[error("cannot read secret {name}")]
+    Secret {
+        name: &'static str,
         #[source]
-        source: std::io::Error,
+        source: crate::aws::AwsError,
     },
+    #[error("secret {secret} has no field {field}")]
+    SecretField {
+        secret: &'static str,
+        field: &'static str,
+    },
+}
+
+/// A string field of a secret, or of the environment when the variable is set and not empty
+/// (host, port and database name are not secret and may be given beside it).
+fn secret_field(
+    secret: &serde_json::Map<String, serde_json::Value>,
+    secret_name: &'static str,
+    field: &'static str,
+    override_variable: Option<&'static str>,
+) -> Result<String, ConfigError> {
+    if let Some(value) = override_variable.and_then(|name| std::env::var(name).ok()) {
+        if !value.trim().is_empty() {
+            return Ok(value.trim().to_owned());
+        }
+    }
+    match secret.get(field) {
+        Some(serde_json::Value::String(value)) => Ok(value.clone()),
+        Some(serde_json::Value::Number(value)) => Ok(value.to_string()),
+        _ => Err(ConfigError::SecretField {
+            secret: secret_name,
+            field,
+        }),
+    }
+}
+
+/// The connection settings of an RDS-style secret, over TLS.
+fn postgres_from_secret(
+    secret: &serde_json::Map<String, serde_json::Value>,
+) -> Result<tokio_postgres::Config, ConfigError> {
+    let field = |name, variable| secret_field(secret, "DATABASE_SECRET_ARN", name, variable);
+    let port: u16 =
+        field("port", Some("DATABASE_PORT"))?
+            .parse()
+            .map_err(|e: std::num::ParseIntError| ConfigError::Malformed {
+                name: "DATABASE_PORT",
+                reason: e.to_string(),
+            })?;
+    let mut connect = tokio_postgres::Config::new();
+    connect
+        .host(&field("host", Some("DATABASE_HOST"))?)
+        .port(port)
+        .dbname(&field("dbname", Some("DATABASE_NAME"))?)
+        .user(&field("username", None)?)
+        .password(field("password", None)?)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    Ok(connect)
+}
+
+/// The `amqps://` URL for an Amazon MQ endpoint, virtual host and BASIC_AUTH secret.
+fn amqp_url_from_secret(
+    secret: &serde_json::Map<String, serde_json::Value>,
+    endpoint: &str,
+    vhost: &str,
+) -> Result<String, ConfigError> {
+    let field = |name| secret_field(secret, "BROKER_SECRET_ARN", name, None);
+    let host = endpoint
+        .trim()
+        .trim_start_matches("amqps://")
+        .trim_start_matches("amqp://")
+        .trim_end_matches('/');
+    let encode = |text: &str| {
+        percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    Ok(format!(
+        "amqps://{}:{}@{host}/{}",
+        encode(&field("username")?),
+        encode(&field("password")?),
+        encode(vhost)
+    ))
+}
+
+async fn read_secret(
+    name: &'static str,
+    arn: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, ConfigError> {
+    crate::aws::read_secret(arn)
+        .await
+        .map_err(|source| ConfigError::Secret { name, source })
 }
 
 fn required(name: &'static str) -> Result<String, ConfigError> {
@@ -71,14 +154,31 @@ impl std::fmt::Debug for DatabaseConfig {
 }
 
 impl DatabaseConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let url = required("DATABASE_URL")?;
-        Self::from_url(&url).and_then(|mut config| {
-            config.pool_size = optional("DATABASE_POOL_SIZE", 1usize)?.max(1);
-            config.ca_file = std::env::var_os("DATABASE_CA_FILE").map(PathBuf::from);
-            config.timeout = Duration::from_millis(optional("DATABASE_TIMEOUT_MS", 3000u64)?);
-            Ok(config)
-        })
+    /// `DATABASE_URL` when set (local runs, tests); otherwise, as deployed, the secret named
+    /// by `DATABASE_SECRET_ARN` (username, password, and host, port, dbname unless
+    /// `DATABASE_HOST`, `DATABASE_PORT`, `DATABASE_NAME` give them), always over TLS.
+    pub async fn load() -> Result<Self, ConfigError> {
+        let mut config = match required("DATABASE_URL") {
+            Ok(url) => Self::from_url(&url)?,
+            Err(missing) => {
+                let Ok(arn) = required("DATABASE_SECRET_ARN") else {
+                    return Err(missing);
+                };
+                let secret = read_secret("DATABASE_SECRET_ARN", &arn).await?;
+                let connect = postgres_from_secret(&secret)?;
+                Self {
+                    connect,
+                    ..Self::from_url("postgres://localhost")?
+                }
+            }
+        };
+        config.pool_size = optional("DATABASE_POOL_SIZE", 1usize)?.max(1);
+        config.ca_file = std::env::var("DATABASE_CA_FILE")
+            .ok()
+            .filter(|path| !path.trim().is_empty())
+            .map(PathBuf::from);
+        config.timeout = Duration::from_millis(optional("DATABASE_TIMEOUT_MS", 3000u64)?);
+        Ok(config)
     }
 
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
@@ -118,9 +218,22 @@ impl std::fmt::Debug for BrokerConfig {
 }
 
 impl BrokerConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
+    /// `AMQP_URL` when set; otherwise, as deployed, `amqps://` to `AMQP_ENDPOINT` on virtual
+    /// host `AMQP_VHOST` with the username and password of the secret `BROKER_SECRET_ARN`.
+    pub async fn load() -> Result<Self, ConfigError> {
+        let url = match required("AMQP_URL") {
+            Ok(url) => url,
+            Err(missing) => {
+                let Ok(arn) = required("BROKER_SECRET_ARN") else {
+                    return Err(missing);
+                };
+                let secret = read_secret("BROKER_SECRET_ARN", &arn).await?;
+                let endpoint = required("AMQP_ENDPOINT")?;
+                amqp_url_from_secret(&secret, &endpoint, &optional("AMQP_VHOST", "/".to_owned())?)?
+            }
+        };
         Ok(Self {
-            url: required("AMQP_URL")?,
+            url,
             exchange: optional("AMQP_EXCHANGE", "orders".to_owned())?,
             queue_prefix: optional("AMQP_QUEUE_PREFIX", String::new())?,
         })
@@ -130,6 +243,45 @@ impl BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn secret(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        json.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn an_rds_secret_gives_a_tls_connection() {
+        let config = postgres_from_secret(&secret(serde_json::json!({
+            "username": "orders_admin", "password": "p@ss:word", "host": "db.example", "port": 5432, "dbname": "orders"
+        })))
+        .unwrap();
+        assert_eq!(config.get_user(), Some("orders_admin"));
+        assert_eq!(config.get_password(), Some(&b"p@ss:word"[..]));
+        assert_eq!(config.get_ports(), [5432]);
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let missing =
+            postgres_from_secret(&secret(serde_json::json!({"username": "u"}))).unwrap_err();
+        assert!(
+            missing.to_string().contains("password") || missing.to_string().contains("port"),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_broker_secret_gives_an_amqps_url_with_encoded_credentials() {
+        let url = amqp_url_from_secret(
+            &secret(serde_json::json!({"username": "orders", "password": "a/b:c@d"})),
+            "amqps://b-1.mq.eu-west-1.amazonaws.com:5671",
+            "/",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "amqps://orders:a%2Fb%3Ac%40d@b-1.mq.eu-west-1.amazonaws.com:5671/%2F"
+        );
+    }
 
     #[test]
     fn a_malformed_database_url_is_named() {

@@ -4,6 +4,7 @@
 //! the processor), `http` (API Gateway v2 glue and problem responses), `config` and
 //! `telemetry`.
 
+pub mod aws;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -1,9 +1,10 @@
 //! Brings the database schema and the broker topology up to date. Locally and in CI it runs
-//! as a command (`cargo run -p migrate`); deployed, the same code runs as a Lambda function.
+//! as a command (`cargo run -p migrate`); deployed, the same code runs as the template's
+//! custom resource on every deploy.
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use serde_json::Value;
-use shared::setup::{set_up, SetupReport};
+use shared::setup::{handle_invocation, set_up};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -13,8 +14,8 @@ async fn main() -> Result<(), Error> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    run(service_fn(|_: LambdaEvent<Value>| async {
-        Ok::<SetupReport, Error>(set_up().await?)
+    run(service_fn(|event: LambdaEvent<Value>| async move {
+        handle_invocation(event.payload).await.map_err(Error::from)
     }))
     .await
 }

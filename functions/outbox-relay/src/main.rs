@@ -5,7 +5,7 @@ use shared::messaging::{relay_once, OutboxRelay};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let relay = OutboxRelay::from_env()?;
+    let relay = OutboxRelay::load().await?;
     let relay = &relay;
     // The schedule's event carries nothing the relay needs.
     run(service_fn(move |_: LambdaEvent<Value>| async move {

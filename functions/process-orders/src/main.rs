@@ -5,7 +5,7 @@ use shared::messaging::Processor;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let processor = Processor::from_env()?;
+    let processor = Processor::load().await?;
     let processor = &processor;
     run(service_fn(
         move |event: LambdaEvent<RabbitMqEvent>| async move {

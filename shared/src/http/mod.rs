@@ -219,13 +219,13 @@ fn with_location(mut response: Response<Body>, location: String) -> Response<Bod
 
 impl ApiState {
     /// Builds the state from the environment: the pool always; the publisher when
-    /// `AMQP_URL` is set (without it, the outbox relay publishes everything).
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::from_env()?)?;
-        let publisher = match crate::config::BrokerConfig::from_env() {
+    /// a broker is configured (without one, the outbox relay publishes everything).
+    pub async fn load() -> Result<Self, crate::config::ConfigError> {
+        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::load().await?)?;
+        let publisher = match crate::config::BrokerConfig::load().await {
             Ok(config) => Some(Publisher::new(crate::messaging::Broker::new(config))),
             Err(crate::config::ConfigError::Missing(_)) => {
-                tracing::warn!("AMQP_URL is not set: events wait in the outbox for the relay");
+                tracing::info!("no broker configured: events wait in the outbox for the relay");
                 None
             }
             Err(e) => return Err(e),
@@ -237,7 +237,7 @@ impl ApiState {
 /// Runs an HTTP function serving `endpoints` until the Lambda runtime stops it.
 pub async fn serve(endpoints: &'static [Endpoint]) -> Result<(), lambda_http::Error> {
     crate::telemetry::init();
-    let state = ApiState::from_env()?;
+    let state = ApiState::load().await?;
     let state = &state;
     lambda_http::run(lambda_http::service_fn(move |request| async move {
         Ok::<_, std::convert::Infallible>(handle(state, endpoints, request).await)

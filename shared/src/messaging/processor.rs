@@ -398,10 +398,10 @@ fn header_text(value: &Value) -> Option<String> {
 }
 
 impl Processor {
-    /// Builds the processor from the environment (`DATABASE_URL`, `AMQP_URL`, …).
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::from_env()?)?;
-        let broker = super::Broker::new(crate::config::BrokerConfig::from_env()?);
+    /// Builds the processor from its configuration (environment and secrets).
+    pub async fn load() -> Result<Self, crate::config::ConfigError> {
+        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::load().await?)?;
+        let broker = super::Broker::new(crate::config::BrokerConfig::load().await?);
         Ok(Self::new(pool, Publisher::new(broker)))
     }
 }

@@ -65,9 +65,9 @@ pub struct OutboxRelay {
 }
 
 impl OutboxRelay {
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::from_env()?)?;
-        let broker = super::Broker::new(crate::config::BrokerConfig::from_env()?);
+    pub async fn load() -> Result<Self, crate::config::ConfigError> {
+        let pool = crate::db::build_pool(&crate::config::DatabaseConfig::load().await?)?;
+        let broker = super::Broker::new(crate::config::BrokerConfig::load().await?);
         let min_age =
             match std::env::var("OUTBOX_RELAY_MIN_AGE_SECONDS") {
                 Ok(raw) => raw.trim().parse::<f64>().map_err(|e| {
