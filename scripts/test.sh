@@ -17,3 +17,4 @@ cargo test --workspace
 if [ -x scripts/check-deploy-files.sh ]; then
   scripts/check-deploy-files.sh
 fi
+scripts/check-deploy-build.sh
