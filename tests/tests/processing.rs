@@ -372,3 +372,28 @@ async fn an_order_that_cannot_be_fulfilled_is_rejected_and_its_stock_released() 
     assert_eq!(h.order_status(&order).await, "rejected");
     assert_eq!(h.api.stock(&product).await, (10, 0));
 }
+
+#[tokio::test]
+async fn a_broker_that_just_failed_is_left_alone_for_a_while() {
+    let h = Harness::new().await;
+    let broker = h.unreachable_broker();
+    let publisher = Publisher::new(broker);
+    let event = shared::messaging::OrderEvent::created(
+        shared::domain::OrderId::generate(),
+        chrono::Utc::now(),
+        "test",
+    );
+    let first = publisher
+        .publish(std::slice::from_ref(&event))
+        .await
+        .unwrap_err();
+    assert!(first.is_connection_failure(), "{first}");
+    let second = publisher
+        .publish(std::slice::from_ref(&event))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(second, shared::messaging::BrokerError::CoolingDown(_)),
+        "{second}"
+    );
+}

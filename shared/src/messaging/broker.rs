@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -10,6 +10,9 @@ use crate::config::BrokerConfig;
 /// How long to wait for the broker before treating it as down. A request never waits on the
 /// broker longer than this: its message stays in the outbox for the relay.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a broker that failed is left alone before the next attempt.
+const COOL_DOWN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -23,6 +26,18 @@ pub enum BrokerError {
     Nacked(String),
     #[error("no queue is bound for routing key {0} (is the topology declared?)")]
     Unroutable(String),
+    #[error("the broker failed within the last {0:?}; not trying again yet")]
+    CoolingDown(Duration),
+}
+
+impl BrokerError {
+    /// The connection is gone or unusable (as opposed to the broker refusing a message).
+    pub fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::Refused(_)
+        )
+    }
 }
 
 /// One message to publish: persistent, JSON, confirmed, and `mandatory` so that a message no
@@ -60,6 +75,7 @@ pub fn headers(entries: impl IntoIterator<Item = (&'static str, AMQPValue)>) -> 
 pub struct Broker {
     config: BrokerConfig,
     channel: Mutex<Option<(Connection, Channel)>>,
+    down_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Broker {
@@ -67,6 +83,7 @@ impl Broker {
         Self {
             config,
             channel: Mutex::new(None),
+            down_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -112,17 +129,49 @@ impl Broker {
     }
 
     /// Publishes every message, pipelined, and returns once the broker confirmed them all.
+    ///
+    /// A connection kept from an earlier invocation may have died while the execution
+    /// environment was frozen: a failure on it is retried once on a fresh connection. After a
+    /// failure on a fresh connection the broker counts as down for [`COOL_DOWN`], so requests
+    /// do not each wait for it; their messages stay in the outbox for the relay.
     pub async fn publish(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
         if messages.is_empty() {
             return Ok(());
         }
+        if let Some(until) = *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) {
+            if Instant::now() < until {
+                return Err(BrokerError::CoolingDown(COOL_DOWN));
+            }
+        }
+        let had_connection = self.channel.lock().await.is_some();
+        let mut result = self.publish_once(messages).await;
+        if had_connection
+            && result
+                .as_ref()
+                .is_err_and(BrokerError::is_connection_failure)
+        {
+            result = self.publish_once(messages).await;
+        }
+        if result
+            .as_ref()
+            .is_err_and(BrokerError::is_connection_failure)
+        {
+            *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(Instant::now() + COOL_DOWN);
+        } else if result.is_ok() {
+            *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        result
+    }
+
+    async fn publish_once(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
         let result = tokio::time::timeout(BROKER_TIMEOUT * 4, self.publish_confirmed(messages))
             .await
             .unwrap_or(Err(BrokerError::Timeout(BROKER_TIMEOUT * 4)));
-        if matches!(
-            result,
-            Err(BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::Refused(_))
-        ) {
+        if result
+            .as_ref()
+            .is_err_and(BrokerError::is_connection_failure)
+        {
             self.reset().await;
         }
         result
