@@ -5,6 +5,7 @@ pub mod api;
 pub mod broker;
 pub mod database;
 pub mod harness;
+pub mod stack;
 
 pub use api::{Api, TestResponse};
 pub use broker::{header_int, header_string, rabbitmq_event, EventMessage, TestBroker};
