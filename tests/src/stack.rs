@@ -188,6 +188,34 @@ impl LocalStack {
         self.request("PATCH", path, Some(&body)).await
     }
 
+    /// Has RabbitMQ close the event source mapping's connection, as a broker restart does
+    /// (`CONNECTION_FORCED`). False when `rabbitmqctl` cannot do it (broker elsewhere).
+    pub fn force_close_mapping_connection(&self) -> bool {
+        // The name local-stack gives the connection (devtools/local-stack/src/mapping.rs).
+        let name = format!(
+            "local-stack event source mapping for {}",
+            self.broker.topology.queue
+        );
+        let Ok(listing) = Command::new("rabbitmqctl")
+            .args(["list_connections", "-q", "pid", "client_properties"])
+            .output()
+        else {
+            return false;
+        };
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let Some(pid) = listing
+            .lines()
+            .find(|line| line.contains(&name))
+            .and_then(|line| line.split('\t').next())
+        else {
+            return false;
+        };
+        Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "broker restart (test)"])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Stops the stack as Ctrl-C would (SIGTERM) and returns whether it exited cleanly
     /// within `within`.
     pub fn stop(&mut self, within: Duration) -> Option<std::process::ExitStatus> {

@@ -52,10 +52,10 @@ where
 }
 
 /// Logs go to stderr; stdout carries only the ready line. `RUST_LOG` filters as usual; the
-/// default keeps the AMQP client's chatter out.
+/// default leaves the AMQP client out: the mapping logs every error it gets from it.
 pub fn init() {
     let filter = EnvFilter::try_from_env("LOCAL_STACK_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,amq_protocol=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=off,amq_protocol=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -72,7 +72,10 @@ async fn session(config: &MappingConfig, invoker: &Invoker) -> Result<(), Mappin
         .parse()
         .map_err(|e: String| MappingError::Url(redact(&config.amqp_url), e))?;
     let queue_key = rmq::queue_key(&config.queue, &uri.vhost);
-    let connection = Connection::connect_uri(uri, ConnectionProperties::default()).await?;
+    // Named, so that the broker's tools (and the tests) can tell this connection apart.
+    let properties =
+        ConnectionProperties::default().with_connection_name(connection_name(&config.queue).into());
+    let connection = Connection::connect_uri(uri, properties).await?;
     let channel = connection.create_channel().await?;
     // Enough unacked messages in flight for a full batch.
     let prefetch = u16::try_from(config.batch_size).unwrap_or(u16::MAX);
@@ -173,6 +176,11 @@ async fn session(config: &MappingConfig, invoker: &Invoker) -> Result<(), Mappin
             }
         }
     }
+}
+
+/// The client-provided name of the mapping's connection to the broker.
+pub fn connection_name(queue: &str) -> String {
+    format!("local-stack event source mapping for {queue}")
 }
 
 fn message(delivery: &Delivery) -> serde_json::Value {
