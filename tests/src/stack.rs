@@ -44,6 +44,29 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// A command running cargo without the variables `cargo test` set for this test (its
+/// package name, manifest folder, …): build scripts such as ring's watch them, and a nested
+/// build seeing them would rebuild those crates instead of reusing what is built.
+fn cargo_free_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name.as_str(),
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            )
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
@@ -65,7 +88,7 @@ impl LocalStack {
         let target = target_dir();
         // From the workspace root, like `scripts/dev.sh` and like the emulator's own
         // `cargo run --bin <function>`: one package selection, so one build serves all.
-        let status = Command::new(cargo())
+        let status = cargo_free_command(cargo())
             .args(["build", "--bin", "local-stack"])
             .current_dir(&root)
             .env("CARGO_TARGET_DIR", &target)
@@ -80,7 +103,7 @@ impl LocalStack {
         if let Some(parent) = log_path.parent() {
             std::fs::create_dir_all(parent).expect("log folder");
         }
-        let mut child = Command::new(target.join("debug").join("local-stack"))
+        let mut child = cargo_free_command(target.join("debug").join("local-stack"))
             .args(["--port", "0", "--invoke-port"])
             .arg(invoke_port.to_string())
             .arg("--template")

@@ -32,16 +32,40 @@ pub enum FunctionsError {
     Wait(#[source] std::io::Error),
 }
 
-/// The cargo that runs us (`cargo run` sets `CARGO`), else the one on the PATH.
-fn cargo() -> PathBuf {
-    std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from)
+/// A command running the cargo that runs us (`cargo run` sets `CARGO`), else the one on the
+/// PATH, without the variables `cargo run` set for us: build scripts such as ring's watch
+/// `CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR` and the like, so inheriting ours would make every
+/// nested build rebuild them (and the next plain `cargo build` rebuild them back).
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_cargo_run_variable) {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
+/// The variables cargo sets for the program it runs (`cargo run`, `cargo test`).
+pub fn is_cargo_run_variable(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 /// Builds the binaries the stack invokes, in one cargo run so they build in parallel, and
 /// with the same package selection as the emulator's `cargo run --bin <name>` in the
 /// workspace root, so that the emulator finds them fresh and builds nothing more.
 pub async fn build(root: &Path, binaries: &[String]) -> Result<(), FunctionsError> {
-    let mut command = Command::new(cargo());
+    let mut command = cargo_command();
     command.arg("build").current_dir(root);
     for binary in binaries {
         command.arg("--bin").arg(binary);
@@ -115,7 +139,7 @@ pub struct Emulator {
 
 impl Emulator {
     pub fn spawn(options: &EmulatorOptions) -> Result<Self, FunctionsError> {
-        let mut command = Command::new(cargo());
+        let mut command = cargo_command();
         command
             .args(["lambda", "watch", "--invoke-address", "127.0.0.1"])
             .arg("--invoke-port")
@@ -213,5 +237,31 @@ fn signal_group(group: i32, signal: libc::c_int) {
     // The group is the emulator's own (process_group(0) above), never ours.
     unsafe {
         libc::kill(-group, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_variables_of_cargo_run_are_dropped() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_BIN_NAME",
+        ] {
+            assert!(is_cargo_run_variable(name), "{name}");
+        }
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "PATH",
+        ] {
+            assert!(!is_cargo_run_variable(name), "{name}");
+        }
     }
 }
