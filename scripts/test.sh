@@ -17,4 +17,5 @@ cargo test --workspace
 if [ -x scripts/check-deploy-files.sh ]; then
   scripts/check-deploy-files.sh
 fi
+scripts/check-contract.sh
 scripts/check-deploy-build.sh

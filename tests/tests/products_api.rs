@@ -413,3 +413,26 @@ async fn bad_limits_and_cursors_are_named() {
         "an orders cursor is not a products cursor"
     );
 }
+
+#[tokio::test]
+async fn text_with_nul_characters_is_refused_not_a_server_error() {
+    let (_db, api) = api().await;
+    let id = api.product("1", 5).await;
+    let adjust = api
+        .post(
+            &format!("/products/{id}/inventory-adjustments"),
+            json!({"delta": 1, "reason": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(adjust.status, 422);
+    assert_eq!(adjust.error_fields(), ["reason"]);
+    let create = api
+        .post(
+            "/products",
+            json!({"name": "x\u{0}", "price": 1, "inventory": 1, "description": "\u{0}"}),
+        )
+        .await;
+    let mut fields = create.error_fields();
+    fields.sort();
+    assert_eq!(fields, ["description", "name"]);
+}

@@ -17,6 +17,10 @@ macro_rules! text_type {
                 if !($min..=$max).contains(&chars) || !value.chars().all(allowed) {
                     return Err($rule);
                 }
+                // PostgreSQL text cannot hold NUL; refuse it here rather than fail there.
+                if value.contains('\0') {
+                    return Err("must not contain NUL characters");
+                }
                 Ok(Self(value.to_owned()))
             }
 
@@ -80,6 +84,14 @@ mod tests {
         assert!(ProductName::parse("   ").is_err());
         assert!(ProductName::parse(&"é".repeat(200)).is_ok());
         assert!(ProductName::parse(&"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_every_text() {
+        assert!(ProductName::parse("a\0b").is_err());
+        assert!(Description::parse("\0").is_err());
+        assert!(CustomerId::parse("c\0").is_err());
+        assert!(AdjustmentReason::parse("r\0").is_err());
     }
 
     #[test]
