@@ -14,8 +14,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
-if [ -x scripts/check-deploy-files.sh ]; then
-  scripts/check-deploy-files.sh
-fi
+scripts/check-deploy-files.sh
 scripts/check-contract.sh
 scripts/check-deploy-build.sh
