@@ -401,6 +401,10 @@ impl Response {
         )
     }
 
+    pub fn bad_request() -> Self {
+        Self::json(400, "application/json", &json!({"message": "Bad Request"}))
+    }
+
     pub fn payload_too_large() -> Self {
         Self::json(
             413,

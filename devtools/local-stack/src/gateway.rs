@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -87,7 +87,12 @@ impl Gateway {
         let raw_path = parts.uri.path();
         let (response, function) = match Limited::new(body, apigw::MAX_REQUEST_BODY).collect().await
         {
-            Err(_) => (Response::payload_too_large(), None),
+            Err(e) if e.is::<LengthLimitError>() => (Response::payload_too_large(), None),
+            Err(e) => {
+                // The client went away or sent a broken body: nobody to answer.
+                tracing::debug!("reading the body of {method} {raw_path}: {e}");
+                (Response::bad_request(), None)
+            }
             Ok(body) => {
                 let body = body.to_bytes();
                 match self.routes.find(method, raw_path) {

@@ -110,7 +110,10 @@ impl Options {
                 "--invoke-port" => options.invoke_port = number(&arg, &value(&arg)?)?,
                 "--template" => options.template = PathBuf::from(value(&arg)?),
                 "--relay-every" => {
-                    options.relay_every = Duration::from_secs_f64(number(&arg, &value(&arg)?)?)
+                    let seconds: f64 = number(&arg, &value(&arg)?)?;
+                    options.relay_every = Duration::try_from_secs_f64(seconds).map_err(|_| {
+                        StackError::Usage(format!("{arg}: {seconds} is not a duration"))
+                    })?;
                 }
                 "--concurrency" => options.concurrency = number::<u32>(&arg, &value(&arg)?)?.max(1),
                 "--broker-arn" => options.broker_arn = value(&arg)?,
@@ -402,5 +405,13 @@ mod tests {
         assert!(matches!(parse(&["--port"]), Err(StackError::Usage(_))));
         assert!(matches!(parse(&["--port", "x"]), Err(StackError::Usage(_))));
         assert!(matches!(parse(&["--what"]), Err(StackError::Usage(_))));
+        assert!(matches!(
+            parse(&["--relay-every", "-1"]),
+            Err(StackError::Usage(_))
+        ));
+        assert!(matches!(
+            parse(&["--relay-every", "0"]),
+            Err(StackError::Usage(_))
+        ));
     }
 }
