@@ -118,10 +118,12 @@ impl EventMessage {
     }
 }
 
+/// A header value as Amazon MQ writes it: strings as Java's signed bytes.
 fn aws_header(value: &AMQPValue) -> Value {
+    let signed = |bytes: &[u8]| json!(bytes.iter().map(|b| *b as i8).collect::<Vec<i8>>());
     match value {
-        AMQPValue::LongString(s) => json!({"bytes": s.as_bytes()}),
-        AMQPValue::ShortString(s) => json!({"bytes": s.as_str().as_bytes()}),
+        AMQPValue::LongString(s) => json!({"bytes": signed(s.as_bytes())}),
+        AMQPValue::ShortString(s) => json!({"bytes": signed(s.as_str().as_bytes())}),
         AMQPValue::LongLongInt(n) => json!(n),
         AMQPValue::LongInt(n) => json!(n),
         AMQPValue::ShortInt(n) => json!(n),
@@ -131,10 +133,13 @@ fn aws_header(value: &AMQPValue) -> Value {
 
 /// The Amazon MQ for RabbitMQ event AWS sends, built from AWS's own example: messages keyed
 /// `queue::vhost`, base64 `data`, `basicProperties`, `redelivered`.
-pub fn rabbitmq_event(
-    queue: &str,
-    messages: &[EventMessage],
-) -> aws_lambda_events::event::rabbitmq::RabbitMqEvent {
+pub fn rabbitmq_event(queue: &str, messages: &[EventMessage]) -> shared::messaging::AmazonMqEvent {
+    serde_json::from_value(rabbitmq_event_json(queue, messages))
+        .expect("the event has Amazon MQ's shape")
+}
+
+/// The same event as JSON, as it reaches the function.
+pub fn rabbitmq_event_json(queue: &str, messages: &[EventMessage]) -> Value {
     let mut event: Value = serde_json::from_str(RABBITMQ_FIXTURE).expect("fixture");
     let template = event["rmqMessagesByQueue"]["test::/"][0].clone();
     let mapped: Vec<Value> = messages
@@ -145,7 +150,8 @@ pub fn rabbitmq_event(
             properties["contentType"] = json!("application/json");
             properties["headers"] = Value::Object(m.headers.clone());
             properties["deliveryMode"] = json!(2);
-            properties["priority"] = json!(0);
+            // Amazon MQ sends null for properties the publisher did not set.
+            properties["priority"] = Value::Null;
             properties["expiration"] = Value::Null;
             properties["messageId"] = json!(m.message_id);
             properties["type"] = json!(m.message_type);
@@ -156,8 +162,7 @@ pub fn rabbitmq_event(
         })
         .collect();
     event["rmqMessagesByQueue"] = json!({ format!("{queue}::/"): mapped });
-    serde_json::from_value(event)
-        .expect("the event deserialises as aws_lambda_events' RabbitMqEvent")
+    event
 }
 
 impl TestBroker {

@@ -8,7 +8,9 @@ pub mod harness;
 pub mod stack;
 
 pub use api::{Api, TestResponse};
-pub use broker::{header_int, header_string, rabbitmq_event, EventMessage, TestBroker};
+pub use broker::{
+    header_int, header_string, rabbitmq_event, rabbitmq_event_json, EventMessage, TestBroker,
+};
 pub use database::TestDb;
 pub use harness::Harness;
 

@@ -397,3 +397,42 @@ async fn a_broker_that_just_failed_is_left_alone_for_a_while() {
         "{second}"
     );
 }
+
+#[tokio::test]
+async fn amazon_mq_nulls_and_unreadable_messages_never_fail_the_good_ones() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 10).await;
+    let good = id(&h.api.order(&[(&product, 1)]).await);
+    h.broker.drain(&h.broker.topology.queue).await;
+    let mut event = system_tests::rabbitmq_event_json(
+        &h.broker.topology.queue,
+        &[EventMessage::order_event("order.created", &good, "pending")],
+    );
+    let key = format!("{}::/", h.broker.topology.queue);
+    let messages = event["rmqMessagesByQueue"][&key].as_array_mut().unwrap();
+    // What Amazon MQ sends for properties nobody set, and a message of no known shape.
+    messages[0]["basicProperties"]["deliveryMode"] = serde_json::Value::Null;
+    messages.push(json!("not a message"));
+    // AWS's own example event, whose body is not an order event.
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/rabbitmq-event.json")).unwrap();
+    messages.push(fixture["rmqMessagesByQueue"]["test::/"][0].clone());
+    let event: shared::messaging::AmazonMqEvent = serde_json::from_value(event).unwrap();
+
+    let summary = h.processor.handle(&event).await.unwrap();
+    assert_eq!((summary.applied, summary.parked), (1, 2), "{summary:?}");
+    assert_eq!(h.order_status(&good).await, "processed");
+    let parked = h.broker.drain(&h.broker.topology.dead_letter_queue).await;
+    let reasons: Vec<String> = parked
+        .iter()
+        .map(|(_, p)| header_string(p, "x-dlq-reason").unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("Amazon MQ shape")),
+        "{reasons:?}"
+    );
+    // The fixture's own string headers (Java signed bytes) travel with the parked copy.
+    assert!(parked
+        .iter()
+        .any(|(_, p)| header_string(p, "header1").as_deref() == Some("value1")));
+}

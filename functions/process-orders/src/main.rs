@@ -1,6 +1,5 @@
-use aws_lambda_events::event::rabbitmq::RabbitMqEvent;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::messaging::Processor;
+use shared::messaging::{AmazonMqEvent, Processor};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -8,7 +7,7 @@ async fn main() -> Result<(), Error> {
     let processor = Processor::load().await?;
     let processor = &processor;
     run(service_fn(
-        move |event: LambdaEvent<RabbitMqEvent>| async move {
+        move |event: LambdaEvent<AmazonMqEvent>| async move {
             processor.handle(&event.payload).await.map_err(Error::from)
         },
     ))

@@ -11,7 +11,8 @@ mod topology;
 pub use broker::{headers, Broker, BrokerError, Outgoing};
 pub use event::{EventType, OrderEvent};
 pub use processor::{
-    BatchSummary, ProcessError, Processor, ATTEMPTS_HEADER, DLQ_REASON_HEADER, LAST_ERROR_HEADER,
+    AmazonMqEvent, BatchSummary, ProcessError, Processor, ATTEMPTS_HEADER, DLQ_REASON_HEADER,
+    LAST_ERROR_HEADER,
 };
 pub use publisher::Publisher;
 pub use relay::{relay_once, relay_outbox, OutboxRelay, RelayError};

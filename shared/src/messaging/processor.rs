@@ -6,9 +6,8 @@
 //! with its reason. It fails only when it cannot route a failure, and then a redelivery is
 //! safe because every effect is guarded by the order's stored state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use aws_lambda_events::event::rabbitmq::{RabbitMqEvent, RabbitMqMessage};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use deadpool_postgres::Pool;
@@ -65,9 +64,46 @@ enum Disposition {
     Park(String),
 }
 
+/// The event Amazon MQ's event source mapping sends: messages keyed `queue::vhost`.
+///
+/// Read with types of our own rather than `aws_lambda_events`' `RabbitMqEvent`, whose
+/// `priority` and `deliveryMode` are plain integers: Amazon MQ sends `null` for a property a
+/// message does not set, and one such message would fail the whole batch forever. Each
+/// message is read on its own, so one that does not even parse is parked alone.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmazonMqEvent {
+    #[serde(default, rename = "rmqMessagesByQueue")]
+    pub messages_by_queue: HashMap<String, Vec<Value>>,
+}
+
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AmazonMqMessage {
+    #[serde(default)]
+    basic_properties: AmazonMqProperties,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AmazonMqProperties {
+    #[serde(default)]
+    content_type: Option<String>,
+    #[serde(default)]
+    headers: Option<HashMap<String, Value>>,
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
 /// One message of the batch, decoded as far as it goes.
-struct Incoming<'m> {
-    message: &'m RabbitMqMessage,
+struct Incoming {
+    message: AmazonMqMessage,
     /// Used in the summary and logs.
     label: String,
     body: Vec<u8>,
@@ -92,8 +128,8 @@ impl Processor {
         }
     }
 
-    pub async fn handle(&self, event: &RabbitMqEvent) -> Result<BatchSummary, ProcessError> {
-        let incoming: Vec<Incoming<'_>> = event
+    pub async fn handle(&self, event: &AmazonMqEvent) -> Result<BatchSummary, ProcessError> {
+        let incoming: Vec<Incoming> = event
             .messages_by_queue
             .iter()
             .flat_map(|(queue, messages)| {
@@ -201,7 +237,7 @@ impl Processor {
     /// all pipelined and confirmed before the invocation returns.
     async fn route_failures(
         &self,
-        incoming: &[Incoming<'_>],
+        incoming: &[Incoming],
         dispositions: &[Disposition],
     ) -> Result<BatchSummary, ProcessError> {
         let mut summary = BatchSummary {
@@ -251,7 +287,7 @@ impl Processor {
                 exchange: String::new(),
                 routing_key: queue,
                 body: message.body.clone(),
-                properties: forwarded_properties(message.message, attempt, reason_header, &reason),
+                properties: forwarded_properties(&message.message, attempt, reason_header, &reason),
             });
         }
         self.publisher
@@ -271,7 +307,14 @@ fn disposition(outcome: Option<CommandOutcome>) -> Disposition {
     }
 }
 
-fn decode<'m>(queue: &str, index: usize, message: &'m RabbitMqMessage) -> Incoming<'m> {
+fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
+    let parsed: Result<AmazonMqMessage, _> = serde_json::from_value(raw.clone());
+    let unreadable = parsed.is_err();
+    let message = parsed.unwrap_or_else(|_| AmazonMqMessage {
+        // Keep what can be kept, so the parked copy still holds the body.
+        data: raw.get("data").and_then(Value::as_str).map(str::to_owned),
+        ..AmazonMqMessage::default()
+    });
     let label = message
         .basic_properties
         .message_id
@@ -281,7 +324,8 @@ fn decode<'m>(queue: &str, index: usize, message: &'m RabbitMqMessage) -> Incomi
     let previous_attempts = message
         .basic_properties
         .headers
-        .get(ATTEMPTS_HEADER)
+        .as_ref()
+        .and_then(|headers| headers.get(ATTEMPTS_HEADER))
         .and_then(header_u32)
         .unwrap_or(0);
     let body = message
@@ -299,6 +343,11 @@ fn decode<'m>(queue: &str, index: usize, message: &'m RabbitMqMessage) -> Incomi
             (bytes, decoded)
         }
         Err(reason) => (Vec::new(), Err(reason)),
+    };
+    let decoded = if unreadable {
+        Err("malformed: the event's message does not have the Amazon MQ shape".to_owned())
+    } else {
+        decoded
     };
     Incoming {
         message,
@@ -339,7 +388,7 @@ fn header_u32(value: &Value) -> Option<u32> {
 /// The original message's properties, with the attempt count and reason added, so a parked
 /// or retried message keeps its identity and correlation.
 fn forwarded_properties(
-    message: &RabbitMqMessage,
+    message: &AmazonMqMessage,
     attempts: u32,
     reason_header: &'static str,
     reason: &str,
@@ -362,12 +411,12 @@ fn forwarded_properties(
     if let Some(v) = &original.correlation_id {
         properties = properties.with_correlation_id(ShortString::from(v.as_str()));
     }
-    if let Some(v) = &original.type_ {
+    if let Some(v) = &original.kind {
         properties = properties.with_type(ShortString::from(v.as_str()));
     }
     // Keep the other headers the message came with.
     let reserved: HashSet<&str> = [ATTEMPTS_HEADER, DLQ_REASON_HEADER, LAST_ERROR_HEADER].into();
-    for (name, value) in &original.headers {
+    for (name, value) in original.headers.iter().flatten() {
         if !reserved.contains(name.as_str()) {
             if let Some(text) = header_text(value) {
                 table.insert(
@@ -384,13 +433,17 @@ fn header_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
+        // Amazon MQ writes string headers as Java's signed bytes: "é" is [-61, -87].
         Value::Object(map) => {
             let bytes: Vec<u8> = map
                 .get("bytes")?
                 .as_array()?
                 .iter()
-                .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-                .collect();
+                .map(|b| match b.as_i64() {
+                    Some(b @ -128..=255) => Some(b as u8),
+                    _ => None,
+                })
+                .collect::<Option<_>>()?;
             String::from_utf8(bytes).ok()
         }
         _ => None,
@@ -437,5 +490,9 @@ mod tests {
         assert_eq!(header_u32(&serde_json::json!(3)), Some(3));
         assert_eq!(header_u32(&serde_json::json!({"bytes": [52]})), Some(4));
         assert_eq!(header_u32(&serde_json::json!(null)), None);
+        assert_eq!(
+            header_text(&serde_json::json!({"bytes": [-61, -87]})).as_deref(),
+            Some("é")
+        );
     }
 }
