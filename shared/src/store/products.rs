@@ -149,38 +149,51 @@ pub async fn update_product(
     product_from_row(&row)
 }
 
-/// Adds or removes stock on hand, never below what open orders hold, with its ledger entry,
-/// in one statement (so one atomic step without an explicit transaction).
+/// Adds or removes stock on hand, never below what open orders hold, with its ledger entry.
+///
+/// The row is locked first and changed by a second statement: in READ COMMITTED each
+/// statement sees what committed before it started, so the check and the change agree on
+/// the same `reserved`. (Checking in a CTE of the changing statement does not: its update
+/// can meet a newer row than the one checked, which the CHECK constraint then refuses.)
 pub async fn adjust_inventory(
     pool: &Pool,
     id: ProductId,
     delta: StockDelta,
     reason: &AdjustmentReason,
 ) -> Result<Product, StoreError> {
-    let client = pool.get().await?;
-    let sql = "WITH current AS (
-             SELECT id, inventory, reserved FROM products WHERE id = $1 FOR UPDATE
-         ), adjusted AS (
-             UPDATE products p SET inventory = p.inventory + $2, updated_at = now()
-             FROM current c
-             WHERE p.id = c.id AND c.inventory + $2 >= c.reserved
-             RETURNING p.*
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let current = tx
+        .query_opt(
+            "SELECT inventory, reserved FROM products WHERE id = $1 FOR UPDATE",
+            &[&id.as_uuid()],
+        )
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    let (inventory, reserved): (i64, i64) =
+        (current.try_get("inventory")?, current.try_get("reserved")?);
+    if inventory + delta.get() < reserved {
+        return Err(StoreError::InsufficientStock(vec![Shortage {
+            product_id: id,
+            requested: -delta.get(),
+            available: inventory - reserved,
+        }]));
+    }
+    let sql = format!(
+        "WITH adjusted AS (
+             UPDATE products SET inventory = inventory + $2, updated_at = now()
+             WHERE id = $1
+             RETURNING {COLUMNS}
          ), ledger AS (
              INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, note)
              SELECT id, $2, 0, 'adjustment', $3 FROM adjusted
          )
-         SELECT c.inventory - c.reserved AS current_available, a.*
-         FROM current c LEFT JOIN adjusted a ON true";
-    let row = client
-        .query_opt(sql, &[&id.as_uuid(), &delta.get(), &reason.as_str()])
-        .await?
-        .ok_or(StoreError::NotFound)?;
-    if row.try_get::<_, Option<uuid::Uuid>>("id")?.is_none() {
-        return Err(StoreError::InsufficientStock(vec![Shortage {
-            product_id: id,
-            requested: -delta.get(),
-            available: row.try_get("current_available")?,
-        }]));
-    }
-    product_from_row(&row)
+         SELECT {COLUMNS} FROM adjusted"
+    );
+    let row = tx
+        .query_one(&sql, &[&id.as_uuid(), &delta.get(), &reason.as_str()])
+        .await?;
+    let product = product_from_row(&row)?;
+    tx.commit().await?;
+    Ok(product)
 }
