@@ -115,6 +115,15 @@ fn is_connection_failure(error: &tokio_postgres::Error) -> bool {
         )
 }
 
+/// The statement for `sql`, prepared once per connection and cached by deadpool: the
+/// multi-CTE statements here cost more to parse and plan than to run.
+async fn prepared(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    Ok(client.prepare_cached(sql).await?)
+}
+
 fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {value}"))
 }

@@ -8,7 +8,7 @@ use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{corrupt, Listing, Page, PageRequest, Shortage, StoreError};
+use super::{corrupt, prepared, Listing, Page, PageRequest, Shortage, StoreError};
 use crate::domain::{
     Actor, Currency, CustomerId, IdempotencyKey, Money, Order, OrderId, OrderLine, OrderLines,
     OrderStatus, ProductId, Quantity, StatusChange,
@@ -77,13 +77,12 @@ pub async fn create_order(
         // One key at a time: a concurrent duplicate waits here and then replays the
         // committed response, so it can never reserve a second time.
         tx.batch_execute(IDEMPOTENCY_WAIT).await?;
-        if let Err(e) = tx
-            .execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 7001))",
-                &[&idem.key.as_str()],
-            )
-            .await
-        {
+        let lock = prepared(
+            &tx,
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7001))",
+        )
+        .await?;
+        if let Err(e) = tx.execute(&lock, &[&idem.key.as_str()]).await {
             return Err(match e.code() {
                 Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => {
                     StoreError::RequestInProgress
@@ -91,12 +90,12 @@ pub async fn create_order(
                 _ => e.into(),
             });
         }
-        let stored = tx
-            .query_opt(
-                "SELECT fingerprint, order_id, response_body FROM idempotency_keys WHERE key = $1",
-                &[&idem.key.as_str()],
-            )
-            .await?;
+        let lookup = prepared(
+            &tx,
+            "SELECT fingerprint, order_id, response_body FROM idempotency_keys WHERE key = $1",
+        )
+        .await?;
+        let stored = tx.query_opt(&lookup, &[&idem.key.as_str()]).await?;
         if let Some(row) = stored {
             let fingerprint: String = row.try_get("fingerprint")?;
             if fingerprint != idem.fingerprint {
@@ -112,13 +111,13 @@ pub async fn create_order(
     // Rows are locked in product-id order (the order of `OrderLines`), so two orders for
     // the same products in opposite orders wait for each other instead of deadlocking.
     let product_ids: Vec<Uuid> = new.lines.iter().map(|(id, _)| id.as_uuid()).collect();
-    let rows = tx
-        .query(
-            "SELECT id, price, currency, inventory - reserved AS available
-             FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&product_ids],
-        )
-        .await?;
+    let lock_products = prepared(
+        &tx,
+        "SELECT id, price, currency, inventory - reserved AS available
+         FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .await?;
+    let rows = tx.query(&lock_products, &[&product_ids]).await?;
     let mut stock: HashMap<Uuid, (Decimal, String, i64)> = HashMap::with_capacity(rows.len());
     for row in &rows {
         stock.insert(
@@ -206,7 +205,8 @@ pub async fn create_order(
 
     // Everything else in one statement: foreign keys are checked at its end, when the order
     // row exists.
-    tx.execute(
+    let write_order = prepared(
+        &tx,
         "WITH lines AS (
              SELECT * FROM unnest($2::uuid[], $3::int[], $4::numeric[]) AS l(product_id, quantity, unit_price)
          ), new_order AS (
@@ -228,6 +228,10 @@ pub async fn create_order(
          )
          INSERT INTO idempotency_keys (key, fingerprint, order_id, response_body, created_at)
          SELECT $11, $12, $1, $13, $7 WHERE $11::text IS NOT NULL",
+    )
+    .await?;
+    tx.execute(
+        &write_order,
         &[
             &id.as_uuid(),
             &product_ids,
@@ -312,8 +316,9 @@ fn parse_status(raw: &str) -> Result<OrderStatus, StoreError> {
 
 async fn load_order(client: &impl GenericClient, id: OrderId) -> Result<Order, StoreError> {
     let sql = format!("{ORDER_SELECT} WHERE o.id = $1");
+    let statement = prepared(client, &sql).await?;
     let row = client
-        .query_opt(&sql, &[&id.as_uuid()])
+        .query_opt(&statement, &[&id.as_uuid()])
         .await?
         .ok_or(StoreError::NotFound)?;
     order_from_row(&row)
@@ -365,11 +370,9 @@ pub async fn update_order_status(
 ) -> Result<(Order, Option<OrderEvent>), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    let lock_order = prepared(&tx, "SELECT status FROM orders WHERE id = $1 FOR UPDATE").await?;
     let row = tx
-        .query_opt(
-            "SELECT status FROM orders WHERE id = $1 FOR UPDATE",
-            &[&id.as_uuid()],
-        )
+        .query_opt(&lock_order, &[&id.as_uuid()])
         .await?
         .ok_or(StoreError::NotFound)?;
     let from = parse_status(&row.try_get::<_, String>("status")?)?;
@@ -387,13 +390,18 @@ pub async fn update_order_status(
     }
     let now = Utc::now().trunc_subsecs(6);
     let event = OrderEvent::status_changed(id, to, now, correlation_id);
-    tx.execute(
+    let change_status = prepared(
+        &tx,
         "WITH changed AS (
              UPDATE orders SET status = $2, updated_at = $3 WHERE id = $1
          ), history AS (
              INSERT INTO order_status_history (order_id, status, at) VALUES ($1, $2, $3)
          )
          INSERT INTO outbox (message_id, routing_key, payload, created_at) VALUES ($4, $5, $6, $3)",
+    )
+    .await?;
+    tx.execute(
+        &change_status,
         &[
             &id.as_uuid(),
             &to.as_str(),
