@@ -1,0 +1,274 @@
+//! `process-orders` batch throughput: the set-based handler (events published and confirmed
+//! included) against one transaction and one confirmed publish per message, and the
+//! database part alone (`apply_order_commands` on the whole batch, nothing published).
+//! The logic of `tests/benches/processor.rs`, folded in here.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shared::domain::OrderId;
+use shared::messaging::{Processor, Publisher};
+use shared::store::{apply_order_commands, OrderCommand};
+use system_tests::{rabbitmq_event, EventMessage, TestBroker, TestDb};
+use uuid::Uuid;
+
+use crate::machine::{wait_until_quiet, ForeignCpu};
+use crate::seed;
+use crate::stats::{median, round, thousands, Target};
+use crate::Section;
+
+pub struct Settings {
+    pub batch_sizes: Vec<usize>,
+    /// Runs of the set-based and database-only measurements (median kept).
+    pub repeats: usize,
+}
+
+/// A fresh database with the products and `count` pending orders.
+async fn orders(count: usize) -> (TestDb, Vec<Uuid>) {
+    let db = TestDb::with_pool_size(2).await;
+    seed::products(&db.pool).await;
+    let orders = seed::pending_orders(&db.pool, count).await;
+    (db, orders)
+}
+
+fn created_messages(orders: &[Uuid]) -> Vec<EventMessage> {
+    orders
+        .iter()
+        .map(|id| EventMessage::order_event("order.created", &id.to_string(), "pending"))
+        .collect()
+}
+
+fn commands(orders: &[Uuid]) -> Vec<(OrderId, OrderCommand, String)> {
+    orders
+        .iter()
+        .map(|id| {
+            (
+                OrderId::from_uuid(*id),
+                OrderCommand::Process,
+                "bench".to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The whole invocation: decode, one set-based transaction, publish and confirm the
+/// `processed` events, mark them sent.
+async fn set_based(size: usize) -> Duration {
+    let (db, orders) = orders(size).await;
+    let broker = TestBroker::new().await;
+    let processor = Processor::new(db.pool.clone(), Publisher::new(broker.broker()));
+    let event = rabbitmq_event(&broker.topology.queue, &created_messages(&orders));
+    // Warm the connection and the broker channel as a warm Lambda would have them.
+    processor
+        .handle(&rabbitmq_event(&broker.topology.queue, &[]))
+        .await
+        .expect("warm-up");
+    let start = Instant::now();
+    let summary = processor.handle(&event).await.expect("batch");
+    let elapsed = start.elapsed();
+    assert_eq!(summary.applied, size, "{summary:?}");
+    elapsed
+}
+
+/// The database part alone: `apply_order_commands` on the batch, nothing published.
+async fn database_only(size: usize) -> Duration {
+    let (db, orders) = orders(size).await;
+    let commands = commands(&orders);
+    // Warm the connection.
+    db.pool
+        .get()
+        .await
+        .expect("connection")
+        .batch_execute("SELECT 1")
+        .await
+        .expect("warm-up");
+    let start = Instant::now();
+    let batch = apply_order_commands(&db.pool, &commands)
+        .await
+        .expect("apply");
+    let elapsed = start.elapsed();
+    assert_eq!(batch.events.len(), size);
+    elapsed
+}
+
+/// What the set-based handler replaces: one transaction and one confirmed publish per
+/// message.
+async fn per_message(size: usize) -> Duration {
+    let (db, orders) = orders(size).await;
+    let broker = TestBroker::new().await;
+    let publisher = Publisher::new(broker.broker());
+    publisher.publish(&[]).await.expect("warm-up");
+    let start = Instant::now();
+    for command in commands(&orders) {
+        let batch = apply_order_commands(&db.pool, std::slice::from_ref(&command))
+            .await
+            .expect("apply");
+        publisher.publish_committed(&db.pool, &batch.events).await;
+    }
+    start.elapsed()
+}
+
+/// The steps of one invocation timed one by one, on a batch of `size`: the set-based
+/// transaction, publishing and confirming its events, marking their outbox rows sent.
+async fn steps(size: usize) -> (Duration, Duration, Duration) {
+    let (db, orders) = orders(size).await;
+    let broker = TestBroker::new().await;
+    let publisher = Publisher::new(broker.broker());
+    publisher.publish(&[]).await.expect("warm-up");
+    let commands = commands(&orders);
+    let start = Instant::now();
+    let batch = apply_order_commands(&db.pool, &commands)
+        .await
+        .expect("apply");
+    let apply = start.elapsed();
+    let start = Instant::now();
+    publisher.publish(&batch.events).await.expect("publish");
+    let publish = start.elapsed();
+    let ids: Vec<Uuid> = batch.events.iter().map(|e| e.message_id).collect();
+    let start = Instant::now();
+    shared::store::mark_published(&db.pool, &ids)
+        .await
+        .expect("mark published");
+    (apply, publish, start.elapsed())
+}
+
+pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration) -> Section {
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "process-orders, order.created messages over 1,000 products (msg/s; median of {} runs, per-message 1 run)",
+        settings.repeats
+    );
+    let _ = writeln!(
+        table,
+        "{:>8} | {:>15} | {:>17} | {:>7} | {:>15} | {:>5}",
+        "batch", "set-based msg/s", "per-message msg/s", "ratio", "db-only msg/s", "fgn%"
+    );
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut foreigns = Vec::new();
+    for &size in &settings.batch_sizes {
+        let label = format!("process-orders {size}");
+        let mut best: Option<(Vec<f64>, Vec<f64>, f64, f64)> = None;
+        for attempt in 1..=crate::machine::ATTEMPTS {
+            wait_until_quiet(&label, 15.0, quiet_wait).await;
+            let mark = monitor.mark();
+            let mut set_runs = Vec::new();
+            let mut db_runs = Vec::new();
+            for _ in 0..settings.repeats {
+                set_runs.push(size as f64 / set_based(size).await.as_secs_f64());
+                db_runs.push(size as f64 / database_only(size).await.as_secs_f64());
+            }
+            let single_rate = size as f64 / per_message(size).await.as_secs_f64();
+            let foreign = monitor.since(mark);
+            if best.as_ref().is_none_or(|b| foreign < b.3) {
+                best = Some((set_runs, db_runs, single_rate, foreign));
+            }
+            if !crate::machine::remeasure(&label, foreign, attempt) {
+                break;
+            }
+        }
+        let (mut set_runs, mut db_runs, single_rate, foreign) = best.expect("at least one attempt");
+        foreigns.push(foreign);
+        let set_rate = median(&mut set_runs);
+        let db_rate = median(&mut db_runs);
+        let ratio = set_rate / single_rate;
+        let line = format!(
+            "{:>8} | {:>15} | {:>17} | {:>6.1}x | {:>15} | {:>5.0}",
+            thousands(size as f64),
+            thousands(set_rate),
+            thousands(single_rate),
+            ratio,
+            thousands(db_rate),
+            foreign
+        );
+        eprintln!("{line}");
+        let _ = writeln!(table, "{line}");
+        if size == 1_000 {
+            targets.push(Target::new(
+                "process-orders at batch 1,000, events published >= 10,000 msg/s",
+                format!("{} msg/s", thousands(set_rate)),
+                ">= 10,000",
+                set_rate >= 10_000.0,
+            ));
+            targets.push(Target::new(
+                "process-orders at batch 1,000, database part alone >= 25,000 msg/s",
+                format!("{} msg/s", thousands(db_rate)),
+                ">= 25,000",
+                db_rate >= 25_000.0,
+            ));
+            targets.push(Target::new(
+                "process-orders at batch 1,000 >= 10x per-message",
+                format!("{ratio:.1}x"),
+                ">= 10x",
+                ratio >= 10.0,
+            ));
+        }
+        rows.push(json!({
+            "batch": size,
+            "setBased": {"messagesPerSecond": round(set_rate, 1), "runs": set_runs},
+            "databaseOnly": {"messagesPerSecond": round(db_rate, 1), "runs": db_runs},
+            "perMessage": {"messagesPerSecond": round(single_rate, 1)},
+            "ratio": round(ratio, 2),
+            "foreignCpuPercent": round(foreign, 1),
+        }));
+    }
+    // Where the time of a 1,000-message invocation goes.
+    let size = 1_000;
+    wait_until_quiet("process-orders steps", 15.0, quiet_wait).await;
+    let mut whole = Vec::new();
+    let mut parts = Vec::new();
+    for _ in 0..settings.repeats {
+        whole.push(set_based(size).await.as_secs_f64() * 1000.0);
+        let (apply, publish, mark) = steps(size).await;
+        parts.push([apply, publish, mark].map(|d| d.as_secs_f64() * 1000.0));
+    }
+    let whole_ms = median(&mut whole);
+    let part = |i: usize| median(&mut parts.iter().map(|p| p[i]).collect::<Vec<_>>());
+    let (apply_ms, publish_ms, mark_ms) = (part(0), part(1), part(2));
+    let rest_ms = whole_ms - apply_ms - publish_ms - mark_ms;
+    let _ = writeln!(table);
+    let _ = writeln!(
+        table,
+        "one invocation of {} messages, step by step (ms, median of {} runs)",
+        thousands(size as f64),
+        settings.repeats
+    );
+    for (label, ms) in [
+        ("whole invocation (Processor::handle)", whole_ms),
+        ("set-based transaction (apply_order_commands)", apply_ms),
+        (
+            "publish + confirm the events (Publisher::publish)",
+            publish_ms,
+        ),
+        ("mark them sent (mark_published)", mark_ms),
+        ("the rest: decode, classify, route (by difference)", rest_ms),
+    ] {
+        let line = format!("  {label:<52} {ms:>8.1}");
+        eprintln!("{line}");
+        let _ = writeln!(table, "{line}");
+    }
+    let _ = writeln!(
+        table,
+        "  publishing alone runs at {} msg/s",
+        thousands(size as f64 / (publish_ms / 1000.0))
+    );
+
+    Section {
+        name: "processOrders",
+        table,
+        json: json!({
+            "rows": rows,
+            "steps1000Ms": {
+                "whole": round(whole_ms, 2),
+                "apply": round(apply_ms, 2),
+                "publish": round(publish_ms, 2),
+                "markPublished": round(mark_ms, 2),
+                "rest": round(rest_ms, 2),
+            },
+        }),
+        targets,
+        foreign: foreigns,
+    }
+}
