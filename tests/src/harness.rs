@@ -71,6 +71,22 @@ impl Harness {
         }
     }
 
+    /// Waits for every confirm the API and the processor sent for and marks what they
+    /// confirmed, as their next transactions would.
+    pub async fn mark_confirmed(&self) {
+        if let Some(publisher) = &self.api.state.publisher {
+            publisher
+                .mark_confirmed(&self.db.pool)
+                .await
+                .expect("API marks");
+        }
+        self.processor
+            .publisher()
+            .mark_confirmed(&self.db.pool)
+            .await
+            .expect("processor marks");
+    }
+
     pub async fn order_status(&self, id: &str) -> String {
         self.api.get(&format!("/orders/{id}")).await.body["status"]
             .as_str()

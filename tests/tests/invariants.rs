@@ -179,6 +179,7 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
         0
     );
     // 5 and 10: one outbox message per status change, all published, none parked.
+    h.mark_confirmed().await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM outbox").await,
         db.scalar("SELECT count(*) FROM order_status_history").await

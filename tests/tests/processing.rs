@@ -11,17 +11,65 @@ fn id(response: &system_tests::TestResponse) -> String {
     response.body["id"].as_str().unwrap().to_owned()
 }
 
+/// How many outbox rows of `order` are marked sent.
+async fn outbox_marked(h: &Harness, order: &str) -> i64 {
+    h.db.scalar(&format!(
+        "SELECT count(*) FROM outbox WHERE payload->>'orderId' = '{order}' AND published_at IS NOT NULL"
+    ))
+    .await
+}
+
+/// Requests send their events without waiting for the broker's confirms; what the broker
+/// confirmed is marked sent by the environment's next transaction, and a transaction that
+/// fails hands its marks on to the one after.
+#[tokio::test]
+async fn confirmed_events_are_marked_sent_by_the_next_transaction() {
+    let h = Harness::new().await;
+    let product = h.api.product("4.00", 10).await;
+    let first = id(&h.api.order(&[(&product, 1)]).await);
+    let arrived = h
+        .broker
+        .wait_for(&h.broker.topology.queue, 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(arrived.len(), 1, "sent before the response");
+    assert_eq!(
+        outbox_marked(&h, &first).await,
+        0,
+        "not marked by a transaction of its own"
+    );
+    // The confirm comes back within milliseconds; give it ample time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let refused = h.api.order(&[(&product, 11)]).await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(
+        outbox_marked(&h, &first).await,
+        0,
+        "the refused order committed nothing"
+    );
+
+    let second = id(&h.api.order(&[(&product, 1)]).await);
+    assert_eq!(
+        outbox_marked(&h, &first).await,
+        1,
+        "marked with the next order"
+    );
+    assert_eq!(outbox_marked(&h, &second).await, 0);
+
+    h.mark_confirmed().await;
+    assert_eq!(outbox_marked(&h, &second).await, 1);
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        0
+    );
+}
+
 #[tokio::test]
 async fn created_orders_flow_through_rabbitmq_to_processed() {
     let h = Harness::new().await;
     let product = h.api.product("4.00", 10).await;
     let order = id(&h.api.order(&[(&product, 2)]).await);
-    assert_eq!(
-        h.db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .await,
-        0,
-        "published after commit"
-    );
 
     let summaries = h.settle().await;
     assert_eq!(summaries[0].applied, 1);

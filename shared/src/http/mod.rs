@@ -232,6 +232,21 @@ impl ApiState {
         };
         Ok(Self { pool, publisher })
     }
+
+    /// Outbox messages confirmed since the last transaction, for the next one to mark.
+    pub(crate) fn take_confirmed(&self) -> crate::store::SentMessages {
+        self.publisher
+            .as_ref()
+            .map(Publisher::take_confirmed)
+            .unwrap_or_default()
+    }
+
+    /// Gives back marks whose transaction did not commit them.
+    pub(crate) fn keep_confirmed(&self, sent: crate::store::SentMessages) {
+        if let Some(publisher) = &self.publisher {
+            publisher.keep_confirmed(sent);
+        }
+    }
 }
 
 /// Runs an HTTP function serving `endpoints` until the Lambda runtime stops it.

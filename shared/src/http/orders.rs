@@ -124,17 +124,22 @@ pub(super) async fn create(
         key,
         fingerprint: new.fingerprint(),
     });
+    let sent = state.take_confirmed();
     let outcome = store::create_order(
         &state.pool,
         &new,
         idempotency.as_ref(),
         &request_id(request),
+        &sent,
     )
-    .await?;
-    let response = match outcome {
+    .await;
+    if !matches!(outcome, Ok(CreateOrderOutcome::Created { .. })) {
+        state.keep_confirmed(sent);
+    }
+    let response = match outcome? {
         CreateOrderOutcome::Created { order, body, event } => {
             if let Some(publisher) = &state.publisher {
-                publisher.publish_committed(&state.pool, &[event]).await;
+                publisher.publish_committed(&[event]).await;
             }
             with_location(
                 raw_json_response(201, body),
@@ -202,10 +207,13 @@ pub(super) async fn update_status(
     let (Some(status), true) = (status, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
+    let sent = state.take_confirmed();
     let (order, event) =
-        store::update_order_status(&state.pool, id, status, &request_id(request)).await?;
+        store::update_order_status(&state.pool, id, status, &request_id(request), &sent)
+            .await
+            .inspect_err(|_| state.keep_confirmed(sent))?;
     if let (Some(publisher), Some(event)) = (&state.publisher, event) {
-        publisher.publish_committed(&state.pool, &[event]).await;
+        publisher.publish_committed(&[event]).await;
     }
     json_response(200, &order)
 }

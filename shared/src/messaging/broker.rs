@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
 use tokio::sync::Mutex;
 
 use crate::config::BrokerConfig;
@@ -10,6 +10,9 @@ use crate::config::BrokerConfig;
 /// How long to wait for the broker before treating it as down. A request never waits on the
 /// broker longer than this: its message stays in the outbox for the relay.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a publish may take from the first frame sent to the last confirm.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(12);
 
 /// How long a broker that failed is left alone before the next attempt.
 const COOL_DOWN: Duration = Duration::from_secs(5);
@@ -129,14 +132,39 @@ impl Broker {
     }
 
     /// Publishes every message, pipelined, and returns once the broker confirmed them all.
+    pub async fn publish(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
+        self.with_retry(messages, || async {
+            let confirms = self.send_once(messages).await?;
+            confirm_all(confirms, messages).await
+        })
+        .await
+    }
+
+    /// Writes every message to the broker's socket, pipelined, and returns their confirms
+    /// without waiting for them: for a caller whose messages are safe elsewhere (in the
+    /// outbox) and who only needs to learn later which ones arrived.
+    pub async fn send(&self, messages: &[Outgoing]) -> Result<Vec<PublisherConfirm>, BrokerError> {
+        self.with_retry(messages, || self.send_once(messages)).await
+    }
+
+    /// Runs `operation` with the broker's failure rules.
     ///
     /// A connection kept from an earlier invocation may have died while the execution
     /// environment was frozen: a failure on it is retried once on a fresh connection. After a
     /// failure on a fresh connection the broker counts as down for [`COOL_DOWN`], so requests
     /// do not each wait for it; their messages stay in the outbox for the relay.
-    pub async fn publish(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
+    async fn with_retry<T, F, Fut>(
+        &self,
+        messages: &[Outgoing],
+        operation: F,
+    ) -> Result<T, BrokerError>
+    where
+        T: Default,
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BrokerError>>,
+    {
         if messages.is_empty() {
-            return Ok(());
+            return Ok(T::default());
         }
         if let Some(until) = *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) {
             if Instant::now() < until {
@@ -144,13 +172,13 @@ impl Broker {
             }
         }
         let had_connection = self.channel.lock().await.is_some();
-        let mut result = self.publish_once(messages).await;
+        let mut result = self.attempt(&operation).await;
         if had_connection
             && result
                 .as_ref()
                 .is_err_and(BrokerError::is_connection_failure)
         {
-            result = self.publish_once(messages).await;
+            result = self.attempt(&operation).await;
         }
         if result
             .as_ref()
@@ -164,10 +192,14 @@ impl Broker {
         result
     }
 
-    async fn publish_once(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
-        let result = tokio::time::timeout(BROKER_TIMEOUT * 4, self.publish_confirmed(messages))
+    async fn attempt<T, F, Fut>(&self, operation: &F) -> Result<T, BrokerError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BrokerError>>,
+    {
+        let result = tokio::time::timeout(CONFIRM_TIMEOUT, operation())
             .await
-            .unwrap_or(Err(BrokerError::Timeout(BROKER_TIMEOUT * 4)));
+            .unwrap_or(Err(BrokerError::Timeout(CONFIRM_TIMEOUT)));
         if result
             .as_ref()
             .is_err_and(BrokerError::is_connection_failure)
@@ -177,7 +209,7 @@ impl Broker {
         result
     }
 
-    async fn publish_confirmed(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
+    async fn send_once(&self, messages: &[Outgoing]) -> Result<Vec<PublisherConfirm>, BrokerError> {
         let channel = self.channel().await?;
         let mut confirms = Vec::with_capacity(messages.len());
         for message in messages {
@@ -196,15 +228,31 @@ impl Broker {
                 .map_err(BrokerError::Unreachable)?;
             confirms.push(confirm);
         }
-        for (confirm, message) in confirms.into_iter().zip(messages) {
-            let confirmation = confirm.await.map_err(BrokerError::Unreachable)?;
-            if confirmation.is_nack() {
-                return Err(BrokerError::Nacked(message.message_id()));
-            }
-            if confirmation.take_message().is_some() {
-                return Err(BrokerError::Unroutable(message.routing_key.clone()));
-            }
-        }
-        Ok(())
+        Ok(confirms)
     }
+}
+
+/// Waits for the broker's answer on one sent message: confirmed and routed, or why not.
+pub async fn confirmed(confirm: PublisherConfirm, message: &Outgoing) -> Result<(), BrokerError> {
+    let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+        .await
+        .map_err(|_| BrokerError::Timeout(CONFIRM_TIMEOUT))?
+        .map_err(BrokerError::Unreachable)?;
+    if confirmation.is_nack() {
+        return Err(BrokerError::Nacked(message.message_id()));
+    }
+    if confirmation.take_message().is_some() {
+        return Err(BrokerError::Unroutable(message.routing_key.clone()));
+    }
+    Ok(())
+}
+
+async fn confirm_all(
+    confirms: Vec<PublisherConfirm>,
+    messages: &[Outgoing],
+) -> Result<(), BrokerError> {
+    for (confirm, message) in confirms.into_iter().zip(messages) {
+        confirmed(confirm, message).await?;
+    }
+    Ok(())
 }

@@ -128,6 +128,10 @@ impl Processor {
         }
     }
 
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
+
     pub async fn handle(&self, event: &AmazonMqEvent) -> Result<BatchSummary, ProcessError> {
         let incoming: Vec<Incoming> = event
             .messages_by_queue
@@ -224,11 +228,12 @@ impl Processor {
         commands: &[(OrderId, OrderCommand, String)],
     ) -> Result<std::collections::HashMap<(OrderId, OrderCommand), CommandOutcome>, StoreError>
     {
-        let batch = store::apply_order_commands(&self.pool, commands).await?;
+        let sent = self.publisher.take_confirmed();
+        let batch = store::apply_order_commands(&self.pool, commands, &sent)
+            .await
+            .inspect_err(|_| self.publisher.keep_confirmed(sent))?;
         if !batch.events.is_empty() {
-            self.publisher
-                .publish_committed(&self.pool, &batch.events)
-                .await;
+            self.publisher.publish_committed(&batch.events).await;
         }
         Ok(batch.outcomes)
     }

@@ -59,7 +59,7 @@ pub async fn relay_once(
 pub struct OutboxRelay {
     pub pool: Pool,
     pub publisher: Publisher,
-    /// `OUTBOX_RELAY_MIN_AGE_SECONDS`, default 5: rows younger than this are left to the
+    /// `OUTBOX_RELAY_MIN_AGE_SECONDS`, default 30: rows younger than this are left to the
     /// function that wrote them.
     pub min_age: Duration,
 }
@@ -76,7 +76,7 @@ impl OutboxRelay {
                         reason: e.to_string(),
                     }
                 })?,
-                Err(_) => 5.0,
+                Err(_) => 30.0,
             };
         Ok(Self {
             pool,

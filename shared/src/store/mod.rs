@@ -11,8 +11,8 @@ pub use orders::{
     create_order, get_order, list_orders, update_order_status, CreateOrderOutcome, NewOrder,
     OrderIdempotency,
 };
-pub use outbox::mark_published_with;
 pub use outbox::{lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count};
+pub use outbox::{mark_published_with, SentMessages};
 pub use page::{Listing, Page, PageRequest};
 pub use processing::{apply_order_commands, AppliedBatch, CommandOutcome, OrderCommand};
 pub use products::{

@@ -8,7 +8,8 @@ use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use super::{corrupt, prepared, Listing, Page, PageRequest, Shortage, StoreError};
+use super::outbox::mark_sent;
+use super::{corrupt, prepared, Listing, Page, PageRequest, SentMessages, Shortage, StoreError};
 use crate::domain::{
     Actor, Currency, CustomerId, IdempotencyKey, Money, Order, OrderId, OrderLine, OrderLines,
     OrderStatus, ProductId, Quantity, StatusChange,
@@ -63,12 +64,14 @@ const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
 
 /// Places an order: reserves stock for every line or for none, snapshots unit prices,
 /// writes the order, its history, ledger and outbox rows, and the idempotency record, all
-/// in one transaction.
+/// in one transaction. `sent` is marked in the same transaction when it creates the order
+/// (not on a replay or an error).
 pub async fn create_order(
     pool: &Pool,
     new: &NewOrder,
     idempotency: Option<&OrderIdempotency>,
     correlation_id: &str,
+    sent: &SentMessages,
 ) -> Result<CreateOrderOutcome, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -230,25 +233,30 @@ pub async fn create_order(
          SELECT $11, $12, $1, $13, $7 WHERE $11::text IS NOT NULL",
     )
     .await?;
-    tx.execute(
-        &write_order,
-        &[
-            &id.as_uuid(),
-            &product_ids,
-            &quantities,
-            &prices,
-            &currency,
-            &new.customer_id.as_ref().map(CustomerId::as_str),
-            &now,
-            &event.message_id,
-            &event.routing_key(),
-            &Json(event.to_json()),
-            &key,
-            &fingerprint,
-            &body,
-        ],
-    )
-    .await?;
+    let write = async {
+        tx.execute(
+            &write_order,
+            &[
+                &id.as_uuid(),
+                &product_ids,
+                &quantities,
+                &prices,
+                &currency,
+                &new.customer_id.as_ref().map(CustomerId::as_str),
+                &now,
+                &event.message_id,
+                &event.routing_key(),
+                &Json(event.to_json()),
+                &key,
+                &fingerprint,
+                &body,
+            ],
+        )
+        .await
+        .map_err(StoreError::from)
+    };
+    // Polled together, the two statements go out in one round trip.
+    tokio::try_join!(write, mark_sent(&tx, sent))?;
     tx.commit().await?;
     Ok(CreateOrderOutcome::Created {
         order: Box::new(order),
@@ -362,11 +370,13 @@ pub async fn list_orders(
 /// current status is a no-op. The order row is locked first, so of two conflicting requests
 /// one wins and the other sees the new status and is refused. The status change, its
 /// history row and its outbox message commit together; stock effects are the processor's.
+/// `sent` is marked in the same transaction unless it fails.
 pub async fn update_order_status(
     pool: &Pool,
     id: OrderId,
     to: OrderStatus,
     correlation_id: &str,
+    sent: &SentMessages,
 ) -> Result<(Order, Option<OrderEvent>), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -377,7 +387,7 @@ pub async fn update_order_status(
         .ok_or(StoreError::NotFound)?;
     let from = parse_status(&row.try_get::<_, String>("status")?)?;
     if from == to {
-        let order = load_order(&tx, id).await?;
+        let (order, ()) = tokio::try_join!(load_order(&tx, id), mark_sent(&tx, sent))?;
         tx.commit().await?;
         return Ok((order, None));
     }
@@ -400,18 +410,22 @@ pub async fn update_order_status(
          INSERT INTO outbox (message_id, routing_key, payload, created_at) VALUES ($4, $5, $6, $3)",
     )
     .await?;
-    tx.execute(
-        &change_status,
-        &[
-            &id.as_uuid(),
-            &to.as_str(),
-            &now,
-            &event.message_id,
-            &event.routing_key(),
-            &Json(event.to_json()),
-        ],
-    )
-    .await?;
+    let change = async {
+        tx.execute(
+            &change_status,
+            &[
+                &id.as_uuid(),
+                &to.as_str(),
+                &now,
+                &event.message_id,
+                &event.routing_key(),
+                &Json(event.to_json()),
+            ],
+        )
+        .await
+        .map_err(StoreError::from)
+    };
+    tokio::try_join!(change, mark_sent(&tx, sent))?;
     let order = load_order(&tx, id).await?;
     tx.commit().await?;
     Ok((order, Some(event)))

@@ -4,8 +4,57 @@ use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{prepared, StoreError};
 use crate::messaging::OrderEvent;
+
+/// Outbox messages the broker confirmed, handed to a transaction to be marked sent with its
+/// own work, in the same round trip.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SentMessages(Vec<Uuid>);
+
+impl SentMessages {
+    pub fn new(message_ids: Vec<Uuid>) -> Self {
+        Self(message_ids)
+    }
+
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn ids(&self) -> &[Uuid] {
+        &self.0
+    }
+
+    pub fn into_ids(self) -> Vec<Uuid> {
+        self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Marks `sent` within the caller's transaction. Rows the relay holds are skipped, not
+/// waited for (the relay marks them itself), so a request never queues behind the relay
+/// and two marking transactions can never deadlock.
+pub(super) async fn mark_sent(
+    client: &impl GenericClient,
+    sent: &SentMessages,
+) -> Result<(), StoreError> {
+    if sent.is_empty() {
+        return Ok(());
+    }
+    let statement = prepared(
+        client,
+        "UPDATE outbox SET published_at = now()
+         WHERE message_id IN (SELECT message_id FROM outbox
+                              WHERE message_id = ANY($1) AND published_at IS NULL
+                              FOR UPDATE SKIP LOCKED)",
+    )
+    .await?;
+    client.execute(&statement, &[&sent.0]).await?;
+    Ok(())
+}
 
 /// Marks outbox messages as published once the broker confirmed them.
 ///

@@ -9,7 +9,8 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::{corrupt, StoreError};
+use super::outbox::mark_sent;
+use super::{corrupt, SentMessages, StoreError};
 use crate::domain::{Actor, OrderId, OrderStatus, StockEffect};
 use crate::messaging::OrderEvent;
 
@@ -91,9 +92,12 @@ pub struct AppliedBatch {
 ///
 /// Round trips: begin, lock orders with their lines, lock products, one write statement,
 /// commit — five, for one message or ten thousand.
+///
+/// `sent` is marked in the same transaction unless it fails.
 pub async fn apply_order_commands(
     pool: &Pool,
     commands: &[(OrderId, OrderCommand, String)],
+    sent: &SentMessages,
 ) -> Result<AppliedBatch, StoreError> {
     let mut by_order: BTreeMap<OrderId, Vec<(OrderCommand, &str)>> = BTreeMap::new();
     for (order, command, correlation) in commands {
@@ -109,8 +113,8 @@ pub async fn apply_order_commands(
     // Orders are locked in id order; products below in id order too. The API locks products
     // (order creation) or one order (status change), never an order then a product, so no
     // lock cycle can form.
-    let rows = tx
-        .query(
+    let lock_orders = async {
+        tx.query(
             "SELECT o.id, o.status, o.stock, i.product_id, i.quantity::bigint AS quantity,
                     EXISTS (SELECT 1 FROM inventory_ledger l
                             WHERE l.order_id = o.id AND l.product_id = i.product_id
@@ -121,7 +125,11 @@ pub async fn apply_order_commands(
              FOR UPDATE OF o",
             &[&order_ids],
         )
-        .await?;
+        .await
+        .map_err(StoreError::from)
+    };
+    // Polled together, the two statements go out in one round trip.
+    let (rows, ()) = tokio::try_join!(lock_orders, mark_sent(&tx, sent))?;
     let mut locked: HashMap<Uuid, LockedOrder> = HashMap::new();
     for row in &rows {
         let id: Uuid = row.try_get("id")?;
