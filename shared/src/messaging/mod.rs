@@ -14,6 +14,6 @@ pub use processor::{
     AmazonMqEvent, BatchSummary, ProcessError, Processor, ATTEMPTS_HEADER, DLQ_REASON_HEADER,
     LAST_ERROR_HEADER,
 };
-pub use publisher::Publisher;
+pub use publisher::{Publisher, MARK_WINDOW};
 pub use relay::{relay_once, relay_outbox, OutboxRelay, RelayError};
 pub use topology::{Topology, MAX_ATTEMPTS, PROCESSOR_BINDINGS, RETRY_DELAYS};

@@ -13,7 +13,7 @@ use base64::Engine;
 use deadpool_postgres::Pool;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
@@ -313,7 +313,7 @@ fn disposition(outcome: Option<CommandOutcome>) -> Disposition {
 }
 
 fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
-    let parsed: Result<AmazonMqMessage, _> = serde_json::from_value(raw.clone());
+    let parsed = AmazonMqMessage::deserialize(raw);
     let unreadable = parsed.is_err();
     let message = parsed.unwrap_or_else(|_| AmazonMqMessage {
         // Keep what can be kept, so the parked copy still holds the body.
@@ -365,16 +365,9 @@ fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
 
 /// Classifies a body: a command, nothing to do, or the reason it can never succeed.
 fn command_of(body: &[u8]) -> Result<Option<(OrderId, OrderCommand, String)>, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("malformed: not JSON ({e})"))?;
-    let kind = value
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or("malformed: no message type")?;
-    if kind != EventType::Created.as_str() && kind != EventType::StatusChanged.as_str() {
-        return Err(format!("unknown message type {kind:?}"));
-    }
-    let event: OrderEvent = serde_json::from_value(value).map_err(|e| format!("malformed: {e}"))?;
+    // A good message is read once, straight into its type; only a bad one is read again to
+    // say what is wrong with it.
+    let event: OrderEvent = serde_json::from_slice(body).map_err(|e| why_unreadable(body, &e))?;
     let command = match (event.event_type, event.status) {
         (EventType::Created, _) => Some(OrderCommand::Process),
         (EventType::StatusChanged, OrderStatus::Shipped) => Some(OrderCommand::CommitStock),
@@ -383,6 +376,21 @@ fn command_of(body: &[u8]) -> Result<Option<(OrderId, OrderCommand, String)>, St
         (EventType::StatusChanged, _) => None,
     };
     Ok(command.map(|c| (event.order_id, c, event.correlation_id)))
+}
+
+/// The reason a body is not an order event, for the dead-letter queue.
+fn why_unreadable(body: &[u8], error: &serde_json::Error) -> String {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(e) => return format!("malformed: not JSON ({e})"),
+    };
+    let Some(kind) = value.get("type").and_then(Value::as_str) else {
+        return "malformed: no message type".to_owned();
+    };
+    if kind != EventType::Created.as_str() && kind != EventType::StatusChanged.as_str() {
+        return format!("unknown message type {kind:?}");
+    }
+    format!("malformed: {error}")
 }
 
 /// Reads a header as AWS delivers it: numbers as JSON numbers, strings as `{"bytes": [...]}`.

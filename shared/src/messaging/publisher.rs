@@ -1,4 +1,5 @@
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use lapin::types::ShortString;
@@ -11,6 +12,12 @@ use super::{Broker, BrokerError, OrderEvent, Outgoing};
 use crate::store::{self, SentMessages, StoreError};
 use crate::telemetry::error_chain;
 
+/// How long after sending a message its mark may ride on a later transaction. The outbox
+/// relay leaves rows younger than its minimum age (30 s by default) alone, and that age
+/// must stay above this window: within it, a marking transaction and the relay never touch
+/// the same row.
+pub const MARK_WINDOW: Duration = Duration::from_secs(20);
+
 /// Publishes order events from the outbox to the `orders` exchange.
 ///
 /// Events written by a request are sent right after its commit, but the request does not
@@ -22,7 +29,8 @@ use crate::telemetry::error_chain;
 /// broker never confirmed) is published again by the outbox relay: a harmless duplicate.
 pub struct Publisher {
     broker: Broker,
-    confirmed: Arc<Mutex<Vec<Uuid>>>,
+    /// Confirmed ids with when they were sent.
+    confirmed: Arc<Mutex<Vec<(Uuid, Instant)>>>,
     awaiting: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -76,12 +84,13 @@ impl Publisher {
                 return;
             }
         };
+        let sent_at = Instant::now();
         let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
         let sink = Arc::clone(&self.confirmed);
         let task = tokio::spawn(async move {
             for ((confirm, message), id) in confirms.into_iter().zip(&messages).zip(ids) {
                 match confirmed(confirm, message).await {
-                    Ok(()) => lock(&sink).push(id),
+                    Ok(()) => lock(&sink).push((id, sent_at)),
                     Err(e) => {
                         tracing::warn!(error = %error_chain(&e), message = %id, "not confirmed; the outbox relay will publish it again");
                     }
@@ -95,13 +104,25 @@ impl Publisher {
 
     /// The ids confirmed since the last call, for the caller's next transaction to mark
     /// sent. Give them back with [`Publisher::keep_confirmed`] if that transaction fails.
+    ///
+    /// Ids sent longer than [`MARK_WINDOW`] ago are left to the outbox relay (which may be
+    /// publishing them again by now): a transaction never waits on a row the relay holds.
     pub fn take_confirmed(&self) -> SentMessages {
-        SentMessages::new(std::mem::take(&mut *lock(&self.confirmed)))
+        let confirmed = std::mem::take(&mut *lock(&self.confirmed));
+        let fresh: Vec<(Uuid, Instant)> = confirmed
+            .into_iter()
+            .filter(|(_, sent_at)| sent_at.elapsed() < MARK_WINDOW)
+            .collect();
+        let oldest = fresh.iter().map(|(_, sent_at)| *sent_at).min();
+        SentMessages::new(fresh.into_iter().map(|(id, _)| id).collect(), oldest)
     }
 
-    /// Returns ids taken for a transaction that did not commit.
+    /// Returns ids taken for a transaction that did not commit. They count as sent when
+    /// the oldest of them was, so they leave the window no later than they would have.
     pub fn keep_confirmed(&self, sent: SentMessages) {
-        lock(&self.confirmed).extend(sent.into_ids());
+        if let Some(oldest) = sent.oldest() {
+            lock(&self.confirmed).extend(sent.ids().iter().map(|id| (*id, oldest)));
+        }
     }
 
     /// Waits for every confirm sent so far, then marks what they confirmed in a transaction
@@ -124,4 +145,44 @@ impl Publisher {
 /// The lists hold plain ids, so one left by a panicking holder is still sound.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    fn publisher() -> Publisher {
+        // Never connects: the broker is only reached on a publish.
+        Publisher::new(Broker::new(BrokerConfig {
+            url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            exchange: "orders".into(),
+            queue_prefix: String::new(),
+        }))
+    }
+
+    fn ago(seconds: u64) -> Instant {
+        Instant::now()
+            .checked_sub(Duration::from_secs(seconds))
+            .expect("the machine has been up for a minute")
+    }
+
+    #[test]
+    fn marks_past_the_window_are_left_to_the_relay() {
+        let publisher = publisher();
+        let (stale, fresh, fresher) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        lock(&publisher.confirmed).extend([(stale, ago(25)), (fresh, ago(10)), (fresher, ago(1))]);
+
+        let sent = publisher.take_confirmed();
+        assert_eq!(sent.ids(), [fresh, fresher]);
+        assert!(publisher.take_confirmed().is_empty(), "taken once");
+
+        // Given back after a failed transaction, they keep the age of the oldest.
+        publisher.keep_confirmed(sent);
+        let kept = lock(&publisher.confirmed).clone();
+        assert_eq!(kept.len(), 2);
+        assert!(kept
+            .iter()
+            .all(|(_, at)| at.elapsed() >= Duration::from_secs(10)));
+    }
 }

@@ -55,6 +55,26 @@ pub async fn relay_once(
     Ok(published)
 }
 
+const DEFAULT_MIN_AGE: Duration = Duration::from_secs(30);
+
+/// `OUTBOX_RELAY_MIN_AGE_SECONDS`: seconds, above the publishers' mark window so the relay
+/// never takes a row a request is about to mark.
+fn parse_min_age(raw: &str) -> Result<Duration, crate::config::ConfigError> {
+    let malformed = |reason: String| crate::config::ConfigError::Malformed {
+        name: "OUTBOX_RELAY_MIN_AGE_SECONDS",
+        reason,
+    };
+    let seconds: f64 = raw.trim().parse().map_err(|e| malformed(format!("{e}")))?;
+    let min_age = Duration::try_from_secs_f64(seconds).map_err(|e| malformed(format!("{e}")))?;
+    if min_age <= super::MARK_WINDOW {
+        return Err(malformed(format!(
+            "must be more than {} seconds, the window in which functions mark their own messages sent",
+            super::MARK_WINDOW.as_secs()
+        )));
+    }
+    Ok(min_age)
+}
+
 /// What the relay function needs, built once per execution environment.
 pub struct OutboxRelay {
     pub pool: Pool,
@@ -68,20 +88,31 @@ impl OutboxRelay {
     pub async fn load() -> Result<Self, crate::config::ConfigError> {
         let pool = crate::db::build_pool(&crate::config::DatabaseConfig::load().await?)?;
         let broker = super::Broker::new(crate::config::BrokerConfig::load().await?);
-        let min_age =
-            match std::env::var("OUTBOX_RELAY_MIN_AGE_SECONDS") {
-                Ok(raw) => raw.trim().parse::<f64>().map_err(|e| {
-                    crate::config::ConfigError::Malformed {
-                        name: "OUTBOX_RELAY_MIN_AGE_SECONDS",
-                        reason: e.to_string(),
-                    }
-                })?,
-                Err(_) => 30.0,
-            };
+        let min_age = match std::env::var("OUTBOX_RELAY_MIN_AGE_SECONDS") {
+            Ok(raw) => parse_min_age(&raw)?,
+            Err(_) => DEFAULT_MIN_AGE,
+        };
         Ok(Self {
             pool,
             publisher: Publisher::new(broker),
-            min_age: Duration::from_secs_f64(min_age.max(0.0)),
+            min_age,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimum_age_is_seconds_beyond_the_mark_window() {
+        assert_eq!(parse_min_age(" 45 ").unwrap(), Duration::from_secs(45));
+        assert_eq!(
+            parse_min_age("20.5").unwrap(),
+            Duration::from_secs_f64(20.5)
+        );
+        for bad in ["", "soon", "-1", "5", "20", "NaN", "inf"] {
+            assert!(parse_min_age(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -1,4 +1,4 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::Json;
@@ -10,11 +10,15 @@ use crate::messaging::OrderEvent;
 /// Outbox messages the broker confirmed, handed to a transaction to be marked sent with its
 /// own work, in the same round trip.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SentMessages(Vec<Uuid>);
+pub struct SentMessages {
+    ids: Vec<Uuid>,
+    oldest: Option<Instant>,
+}
 
 impl SentMessages {
-    pub fn new(message_ids: Vec<Uuid>) -> Self {
-        Self(message_ids)
+    /// `oldest`: when the oldest of them was sent, right after its transaction committed.
+    pub fn new(ids: Vec<Uuid>, oldest: Option<Instant>) -> Self {
+        Self { ids, oldest }
     }
 
     pub fn none() -> Self {
@@ -22,21 +26,21 @@ impl SentMessages {
     }
 
     pub fn ids(&self) -> &[Uuid] {
-        &self.0
+        &self.ids
     }
 
-    pub fn into_ids(self) -> Vec<Uuid> {
-        self.0
+    pub fn oldest(&self) -> Option<Instant> {
+        self.oldest
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ids.is_empty()
     }
 }
 
-/// Marks `sent` within the caller's transaction. Rows the relay holds are skipped, not
-/// waited for (the relay marks them itself), so a request never queues behind the relay
-/// and two marking transactions can never deadlock.
+/// Marks `sent` within the caller's transaction. The caller hands over only messages sent
+/// less than [`crate::messaging::MARK_WINDOW`] ago, rows the relay (which takes rows older
+/// than its minimum age) never locks, so this never waits for the relay.
 pub(super) async fn mark_sent(
     client: &impl GenericClient,
     sent: &SentMessages,
@@ -47,12 +51,10 @@ pub(super) async fn mark_sent(
     let statement = prepared(
         client,
         "UPDATE outbox SET published_at = now()
-         WHERE message_id IN (SELECT message_id FROM outbox
-                              WHERE message_id = ANY($1) AND published_at IS NULL
-                              FOR UPDATE SKIP LOCKED)",
+         WHERE message_id = ANY($1) AND published_at IS NULL",
     )
     .await?;
-    client.execute(&statement, &[&sent.0]).await?;
+    client.execute(&statement, &[&sent.ids]).await?;
     Ok(())
 }
 
