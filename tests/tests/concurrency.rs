@@ -159,3 +159,45 @@ async fn concurrent_conflicting_status_changes_have_one_winner() {
         assert_eq!(events, 2, "order.created and the winner's change");
     }
 }
+
+/// The products are read without a lock and locked by the statement that writes the order:
+/// a price or stock change that commits in between sends the order round again on the new
+/// figures, never a stale price or a reservation the stock no longer covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_between_reading_and_locking_the_product_is_seen() {
+    let db = TestDb::with_pool_size(4).await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let product = api.product("5.00", 3).await;
+
+    // Another transaction holds the product row while it reprices it and takes stock.
+    let mut holder = db.client().await;
+    let change = holder.transaction().await.unwrap();
+    change
+        .batch_execute(&format!(
+            "UPDATE products SET price = 7.00, inventory = inventory - 1 WHERE id = '{product}';
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
+             VALUES ('{product}', -1, 0, 'adjustment');"
+        ))
+        .await
+        .unwrap();
+    let order = {
+        let api = api.clone();
+        let product = product.clone();
+        tokio::spawn(async move { api.order(&[(&product, 2)]).await })
+    };
+    // The order has read 5.00 and 3 in stock and now waits for the row lock.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !order.is_finished(),
+        "the order waits for the product's row lock"
+    );
+    change.commit().await.unwrap();
+
+    let order = order.await.unwrap();
+    assert_eq!(order.status, 201, "{}", order.body);
+    assert_eq!(order.body["items"][0]["unitPrice"], json!("7.00"));
+    assert_eq!(order.body["total"], json!("14.00"));
+    assert_eq!(api.stock(&product).await, (2, 2));
+    db.assert_always_invariants().await;
+    db.assert_reserved_matches_open_orders().await;
+}

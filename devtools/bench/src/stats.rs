@@ -16,6 +16,8 @@ pub struct Measured {
     pub first_failure: Option<String>,
     /// CPU used while the point ran, by kind (its foreign share says how quiet it was).
     pub cpu: CpuSeconds,
+    /// The latencies, sorted (µs), so slices of one point can be merged.
+    pub micros: Vec<u64>,
 }
 
 impl Measured {
@@ -37,7 +39,32 @@ impl Measured {
             mean_ms: mean,
             first_failure: None,
             cpu: CpuSeconds::default(),
+            micros,
         }
+    }
+
+    /// One point measured in slices (interleaved with another series): all latencies
+    /// together, time, failures and CPU summed.
+    pub fn merge(parts: Vec<Measured>) -> Self {
+        let mut micros = Vec::new();
+        let (mut seconds, mut failures) = (0.0, 0);
+        let mut cpu = CpuSeconds::default();
+        let mut first_failure = None;
+        for part in parts {
+            micros.extend(part.micros);
+            seconds += part.seconds;
+            failures += part.failures;
+            cpu.bench += part.cpu.bench;
+            cpu.postgres += part.cpu.postgres;
+            cpu.rabbitmq += part.cpu.rabbitmq;
+            cpu.foreign += part.cpu.foreign;
+            cpu.wall += part.cpu.wall;
+            first_failure = first_failure.or(part.first_failure);
+        }
+        let mut merged = Self::from_micros(micros, seconds, failures);
+        merged.cpu = cpu;
+        merged.first_failure = first_failure;
+        merged
     }
 
     pub fn per_second(&self) -> f64 {

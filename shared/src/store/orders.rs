@@ -66,6 +66,13 @@ const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
 /// writes the order, its history, ledger and outbox rows, and the idempotency record, all
 /// in one transaction. `sent` is marked in the same transaction when it creates the order
 /// (not on a replay or an error).
+///
+/// The products are read without a lock, then locked (in id order, so crossing orders wait
+/// instead of deadlocking) by the one statement that writes everything, and the commit
+/// follows at once: a hot product's row lock is held for one statement and the commit,
+/// never across a round trip to this function. That statement reserves a line only if the
+/// stock is still there and the price is still the one read; if any line is not reserved it
+/// is rolled back and the order tried again on fresh figures.
 pub async fn create_order(
     pool: &Pool,
     new: &NewOrder,
@@ -74,6 +81,46 @@ pub async fn create_order(
     sent: &SentMessages,
 ) -> Result<CreateOrderOutcome, StoreError> {
     let mut client = pool.get().await?;
+    // A retry follows a change that committed in between (stock taken, price changed). The
+    // last attempt reads under the lock, as the whole order must be decided by then.
+    for attempt in 1..=CREATE_ATTEMPTS {
+        let read = if attempt == CREATE_ATTEMPTS {
+            Read::Locked
+        } else {
+            Read::Unlocked
+        };
+        if let Some(outcome) =
+            try_create_order(&mut client, new, idempotency, correlation_id, sent, read).await?
+        {
+            return Ok(outcome);
+        }
+    }
+    Err(corrupt(
+        "order",
+        "lines read under lock could not be reserved",
+    ))
+}
+
+const CREATE_ATTEMPTS: usize = 4;
+
+/// How an attempt reads the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// No lock until the write statement.
+    Unlocked,
+    /// Locked in id order while read: nothing can change before the write.
+    Locked,
+}
+
+/// One attempt; `None` when the stock or a price changed between the read and the lock.
+async fn try_create_order(
+    client: &mut deadpool_postgres::Client,
+    new: &NewOrder,
+    idempotency: Option<&OrderIdempotency>,
+    correlation_id: &str,
+    sent: &SentMessages,
+    read: Read,
+) -> Result<Option<CreateOrderOutcome>, StoreError> {
     let tx = client.transaction().await?;
 
     if let Some(idem) = idempotency {
@@ -104,23 +151,29 @@ pub async fn create_order(
             if fingerprint != idem.fingerprint {
                 return Err(StoreError::IdempotencyKeyReuse);
             }
-            return Ok(CreateOrderOutcome::Replayed {
+            return Ok(Some(CreateOrderOutcome::Replayed {
                 order_id: OrderId::from_uuid(row.try_get("order_id")?),
                 body: row.try_get("response_body")?,
-            });
+            }));
         }
     }
 
-    // Rows are locked in product-id order (the order of `OrderLines`), so two orders for
-    // the same products in opposite orders wait for each other instead of deadlocking.
     let product_ids: Vec<Uuid> = new.lines.iter().map(|(id, _)| id.as_uuid()).collect();
-    let lock_products = prepared(
+    let read_products = prepared(
         &tx,
-        "SELECT id, price, currency, inventory - reserved AS available
-         FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        match read {
+            Read::Unlocked => {
+                "SELECT id, price, currency, inventory - reserved AS available
+                 FROM products WHERE id = ANY($1)"
+            }
+            Read::Locked => {
+                "SELECT id, price, currency, inventory - reserved AS available
+                 FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+            }
+        },
     )
     .await?;
-    let rows = tx.query(&lock_products, &[&product_ids]).await?;
+    let rows = tx.query(&read_products, &[&product_ids]).await?;
     let mut stock: HashMap<Uuid, (Decimal, String, i64)> = HashMap::with_capacity(rows.len());
     for row in &rows {
         stock.insert(
@@ -206,21 +259,29 @@ pub async fn create_order(
         None => (None, None),
     };
 
-    // Everything else in one statement: foreign keys are checked at its end, when the order
-    // row exists.
+    // Everything in one statement: foreign keys are checked at its end, when the order row
+    // exists. `locked` takes the product rows in id order; a row is reserved only after
+    // `locked` produced it, so every order locks its products in ascending id order. The
+    // reservation's conditions are checked on the latest row version (read committed
+    // re-checks an UPDATE's WHERE on a row changed since the snapshot).
     let write_order = prepared(
         &tx,
         "WITH lines AS (
              SELECT * FROM unnest($2::uuid[], $3::int[], $4::numeric[]) AS l(product_id, quantity, unit_price)
+         ), locked AS (
+             SELECT id FROM products WHERE id = ANY($2) ORDER BY id FOR UPDATE
+         ), reserve AS (
+             UPDATE products p SET reserved = p.reserved + l.quantity, updated_at = $7
+             FROM lines l
+             WHERE p.id = l.product_id AND p.id IN (SELECT id FROM locked)
+               AND p.inventory - p.reserved >= l.quantity AND p.price = l.unit_price
+             RETURNING p.id
          ), new_order AS (
              INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
              VALUES ($1, 'pending', $5, $6, $7, $7)
          ), items AS (
              INSERT INTO order_items (order_id, product_id, quantity, unit_price)
              SELECT $1, product_id, quantity, unit_price FROM lines
-         ), reserve AS (
-             UPDATE products p SET reserved = p.reserved + l.quantity, updated_at = $7
-             FROM lines l WHERE p.id = l.product_id
          ), ledger AS (
              INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
              SELECT product_id, 0, quantity, 'reserve', $1, $7 FROM lines
@@ -228,13 +289,15 @@ pub async fn create_order(
              INSERT INTO order_status_history (order_id, status, at) VALUES ($1, 'pending', $7)
          ), outbox AS (
              INSERT INTO outbox (message_id, routing_key, payload, created_at) VALUES ($8, $9, $10, $7)
+         ), idempotency AS (
+             INSERT INTO idempotency_keys (key, fingerprint, order_id, response_body, created_at)
+             SELECT $11, $12, $1, $13, $7 WHERE $11::text IS NOT NULL
          )
-         INSERT INTO idempotency_keys (key, fingerprint, order_id, response_body, created_at)
-         SELECT $11, $12, $1, $13, $7 WHERE $11::text IS NOT NULL",
+         SELECT count(*) AS reserved FROM reserve",
     )
     .await?;
     let write = async {
-        tx.execute(
+        tx.query_one(
             &write_order,
             &[
                 &id.as_uuid(),
@@ -256,13 +319,18 @@ pub async fn create_order(
         .map_err(StoreError::from)
     };
     // Polled together, the two statements go out in one round trip.
-    tokio::try_join!(write, mark_sent(&tx, sent))?;
+    let (reserved, ()) = tokio::try_join!(write, mark_sent(&tx, sent))?;
+    if reserved.try_get::<_, i64>("reserved")? != product_ids.len() as i64 {
+        // Stock taken or a price changed since the read: nothing of this attempt stays.
+        tx.rollback().await?;
+        return Ok(None);
+    }
     tx.commit().await?;
-    Ok(CreateOrderOutcome::Created {
+    Ok(Some(CreateOrderOutcome::Created {
         order: Box::new(order),
         body,
         event,
-    })
+    }))
 }
 
 const ORDER_SELECT: &str = "SELECT o.id, o.status, o.currency, o.customer_id, o.created_at, o.updated_at,
