@@ -414,6 +414,15 @@ async fn raw_loop(url: &str, products: Products, clients: usize, duration: Durat
     Measured::from_micros(micros, start.elapsed().as_secs_f64(), 0)
 }
 
+/// An `order.created` event for an order that does not exist: publishing alone.
+fn bench_event() -> OrderEvent {
+    OrderEvent::created(
+        shared::domain::OrderId::generate(),
+        chrono::Utc::now(),
+        "bench",
+    )
+}
+
 /// p50 of a repeated async operation, for the breakdown of one invocation.
 async fn time_each<F, Fut>(duration: Duration, mut op: F) -> Measured
 where
@@ -656,33 +665,21 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
     )
     .await;
     let publisher = Publisher::new(broker.broker());
-    let event = OrderEvent::created(
-        shared::domain::OrderId::generate(),
-        chrono::Utc::now(),
-        "bench",
-    );
-    publisher.publish(&[event]).await.expect("warm publish");
+    publisher
+        .publish(&[bench_event()])
+        .await
+        .expect("warm publish");
     let publish = time_each(breakdown_time, |_| {
         let publisher = &publisher;
         async move {
-            let event = OrderEvent::created(
-                shared::domain::OrderId::generate(),
-                chrono::Utc::now(),
-                "bench",
-            );
-            publisher.publish(&[event]).await.expect("publish");
+            publisher.publish(&[bench_event()]).await.expect("publish");
         }
     })
     .await;
     let send = time_each(breakdown_time, |_| {
         let publisher = &publisher;
         async move {
-            let event = OrderEvent::created(
-                shared::domain::OrderId::generate(),
-                chrono::Utc::now(),
-                "bench",
-            );
-            publisher.publish_committed(&[event]).await;
+            publisher.publish_committed(&[bench_event()]).await;
         }
     })
     .await;

@@ -45,17 +45,7 @@ pub(super) async fn mark_sent(
     client: &impl GenericClient,
     sent: &SentMessages,
 ) -> Result<(), StoreError> {
-    if sent.is_empty() {
-        return Ok(());
-    }
-    let statement = prepared(
-        client,
-        "UPDATE outbox SET published_at = now()
-         WHERE message_id = ANY($1) AND published_at IS NULL",
-    )
-    .await?;
-    client.execute(&statement, &[&sent.ids]).await?;
-    Ok(())
+    mark_published_with(client, sent.ids()).await
 }
 
 /// Marks outbox messages as published once the broker confirmed them.
@@ -90,13 +80,16 @@ pub async fn mark_published_with(
     client: &impl GenericClient,
     message_ids: &[Uuid],
 ) -> Result<(), StoreError> {
-    client
-        .execute(
-            "UPDATE outbox SET published_at = now()
-             WHERE message_id = ANY($1) AND published_at IS NULL",
-            &[&message_ids],
-        )
-        .await?;
+    if message_ids.is_empty() {
+        return Ok(());
+    }
+    let statement = prepared(
+        client,
+        "UPDATE outbox SET published_at = now()
+         WHERE message_id = ANY($1) AND published_at IS NULL",
+    )
+    .await?;
+    client.execute(&statement, &[&message_ids]).await?;
     Ok(())
 }
 
