@@ -160,44 +160,117 @@ async fn concurrent_conflicting_status_changes_have_one_winner() {
     }
 }
 
-/// The products are read without a lock and locked by the statement that writes the order:
-/// a price or stock change that commits in between sends the order round again on the new
-/// figures, never a stale price or a reservation the stock no longer covers.
+/// An order that waits for a product's row lock is decided on the row as the holder left
+/// it: the new price, the stock that is left, or stock that was added after the order's
+/// statement began (its snapshot still shows the old figures).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_change_between_reading_and_locking_the_product_is_seen() {
+async fn an_order_waiting_for_a_repriced_product_takes_the_new_price() {
     let db = TestDb::with_pool_size(4).await;
     let api = Arc::new(Api::new(db.pool.clone()));
     let product = api.product("5.00", 3).await;
-
-    // Another transaction holds the product row while it reprices it and takes stock.
-    let mut holder = db.client().await;
-    let change = holder.transaction().await.unwrap();
-    change
-        .batch_execute(&format!(
-            "UPDATE products SET price = 7.00, inventory = inventory - 1 WHERE id = '{product}';
-             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
-             VALUES ('{product}', -1, 0, 'adjustment');"
-        ))
-        .await
-        .unwrap();
-    let order = {
-        let api = api.clone();
-        let product = product.clone();
-        tokio::spawn(async move { api.order(&[(&product, 2)]).await })
-    };
-    // The order has read 5.00 and 3 in stock and now waits for the row lock.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !order.is_finished(),
-        "the order waits for the product's row lock"
-    );
-    change.commit().await.unwrap();
-
-    let order = order.await.unwrap();
+    let order = order_while_held(
+        &db,
+        &api,
+        &product,
+        "price = 7.00, inventory = inventory - 1",
+        -1,
+        2,
+        None,
+    )
+    .await;
     assert_eq!(order.status, 201, "{}", order.body);
     assert_eq!(order.body["items"][0]["unitPrice"], json!("7.00"));
     assert_eq!(order.body["total"], json!("14.00"));
     assert_eq!(api.stock(&product).await, (2, 2));
     db.assert_always_invariants().await;
     db.assert_reserved_matches_open_orders().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_waiting_while_stock_is_taken_is_refused_with_what_is_left() {
+    let db = TestDb::with_pool_size(4).await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let product = api.product("5.00", 3).await;
+    let order = order_while_held(
+        &db,
+        &api,
+        &product,
+        "inventory = inventory - 2",
+        -2,
+        2,
+        None,
+    )
+    .await;
+    assert_eq!(order.status, 409, "{}", order.body);
+    assert_eq!(
+        order.body["shortages"],
+        json!([{"productId": product, "requested": 2, "available": 1}])
+    );
+    assert_eq!(api.stock(&product).await, (1, 0));
+    db.assert_always_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_waiting_while_stock_is_added_gets_it() {
+    for key in [None, Some("restock-key")] {
+        let db = TestDb::with_pool_size(4).await;
+        let api = Arc::new(Api::new(db.pool.clone()));
+        let product = api.product("5.00", 1).await;
+        let order = order_while_held(
+            &db,
+            &api,
+            &product,
+            "inventory = inventory + 5",
+            5,
+            3,
+            key,
+        )
+        .await;
+        assert_eq!(order.status, 201, "key {key:?}: {}", order.body);
+        assert_eq!(api.stock(&product).await, (6, 3));
+        db.assert_always_invariants().await;
+        db.assert_reserved_matches_open_orders().await;
+    }
+}
+
+/// Orders `quantity` of `product` while another transaction holds its row, changing it with
+/// `set` (and a ledger row of `inventory_delta`), and commits once the order is waiting.
+async fn order_while_held(
+    db: &TestDb,
+    api: &Arc<Api>,
+    product: &str,
+    set: &str,
+    inventory_delta: i64,
+    quantity: u32,
+    key: Option<&'static str>,
+) -> system_tests::TestResponse {
+    let mut holder = db.client().await;
+    let change = holder.transaction().await.unwrap();
+    change
+        .batch_execute(&format!(
+            "UPDATE products SET {set} WHERE id = '{product}';
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
+             VALUES ('{product}', {inventory_delta}, 0, 'adjustment');"
+        ))
+        .await
+        .unwrap();
+    let order = {
+        let api = api.clone();
+        let body = json!({"items": [{"productId": product, "quantity": quantity}]}).to_string();
+        tokio::spawn(async move {
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(key) = key {
+                headers.push(("idempotency-key", key));
+            }
+            api.request("POST", "/orders", &headers, Some(body.as_bytes()))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !order.is_finished(),
+        "the order waits for the product's row lock"
+    );
+    change.commit().await.unwrap();
+    order.await.unwrap()
 }

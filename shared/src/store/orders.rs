@@ -63,16 +63,13 @@ pub enum CreateOrderOutcome {
 const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
 
 /// Places an order: reserves stock for every line or for none, snapshots unit prices,
-/// writes the order, its history, ledger and outbox rows, and the idempotency record, all
-/// in one transaction. `sent` is marked in the same transaction when it creates the order
-/// (not on a replay or an error).
+/// writes the order, its history, ledger and outbox rows (and, with a key, the idempotency
+/// record), all atomically. `sent` is marked by the same statement.
 ///
-/// The products are read without a lock, then locked (in id order, so crossing orders wait
-/// instead of deadlocking) by the one statement that writes everything, and the commit
-/// follows at once: a hot product's row lock is held for one statement and the commit,
-/// never across a round trip to this function. That statement reserves a line only if the
-/// stock is still there and the price is still the one read; if any line is not reserved it
-/// is rolled back and the order tried again on fresh figures.
+/// Without an idempotency key the whole order is one statement in its own implicit
+/// transaction: one round trip, and a hot product's row lock is held only for that
+/// statement and its commit. With a key, the key is locked and looked up first and the
+/// response stored after the statement, in one transaction.
 pub async fn create_order(
     pool: &Pool,
     new: &NewOrder,
@@ -81,110 +78,285 @@ pub async fn create_order(
     sent: &SentMessages,
 ) -> Result<CreateOrderOutcome, StoreError> {
     let mut client = pool.get().await?;
-    // A retry follows a change that committed in between (stock taken, price changed). The
-    // last attempt reads under the lock, as the whole order must be decided by then.
-    for attempt in 1..=CREATE_ATTEMPTS {
-        let read = if attempt == CREATE_ATTEMPTS {
-            Read::Locked
-        } else {
-            Read::Unlocked
+    let placement = Placement::new(new, correlation_id);
+    for _ in 0..PLACE_ATTEMPTS {
+        let attempt = match idempotency {
+            None => place_order(&client, &placement, sent)
+                .await?
+                .map(|order| placement.created(order))
+                .transpose()?,
+            Some(idem) => create_with_key(&mut client, &placement, idem, sent).await?,
         };
-        if let Some(outcome) =
-            try_create_order(&mut client, new, idempotency, correlation_id, sent, read).await?
-        {
+        if let Some(outcome) = attempt {
             return Ok(outcome);
         }
     }
-    Err(corrupt(
-        "order",
-        "lines read under lock could not be reserved",
-    ))
+    Err(StoreError::Unavailable(Box::new(StockKeptMoving)))
 }
 
-const CREATE_ATTEMPTS: usize = 4;
+/// Each attempt follows a stock increase committed while the previous one waited for its
+/// row lock; that happening this often means the product is being changed in a loop.
+const PLACE_ATTEMPTS: usize = 5;
 
-/// How an attempt reads the products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Read {
-    /// No lock until the write statement.
-    Unlocked,
-    /// Locked in id order while read: nothing can change before the write.
-    Locked,
-}
+#[derive(Debug, thiserror::Error)]
+#[error("the products' stock kept changing while the order waited for them")]
+struct StockKeptMoving;
 
-/// One attempt; `None` when the stock or a price changed between the read and the lock.
-async fn try_create_order(
+/// [`create_order`] with an idempotency key, in one transaction; `None` when the placement
+/// must be tried again.
+async fn create_with_key(
     client: &mut deadpool_postgres::Client,
-    new: &NewOrder,
-    idempotency: Option<&OrderIdempotency>,
-    correlation_id: &str,
+    placement: &Placement<'_>,
+    idem: &OrderIdempotency,
     sent: &SentMessages,
-    read: Read,
 ) -> Result<Option<CreateOrderOutcome>, StoreError> {
     let tx = client.transaction().await?;
-
-    if let Some(idem) = idempotency {
-        // One key at a time: a concurrent duplicate waits here and then replays the
-        // committed response, so it can never reserve a second time.
-        tx.batch_execute(IDEMPOTENCY_WAIT).await?;
-        let lock = prepared(
-            &tx,
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 7001))",
-        )
-        .await?;
-        if let Err(e) = tx.execute(&lock, &[&idem.key.as_str()]).await {
-            return Err(match e.code() {
-                Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => {
-                    StoreError::RequestInProgress
-                }
-                _ => e.into(),
-            });
-        }
-        let lookup = prepared(
-            &tx,
-            "SELECT fingerprint, order_id, response_body FROM idempotency_keys WHERE key = $1",
-        )
-        .await?;
-        let stored = tx.query_opt(&lookup, &[&idem.key.as_str()]).await?;
-        if let Some(row) = stored {
-            let fingerprint: String = row.try_get("fingerprint")?;
-            if fingerprint != idem.fingerprint {
-                return Err(StoreError::IdempotencyKeyReuse);
-            }
-            return Ok(Some(CreateOrderOutcome::Replayed {
-                order_id: OrderId::from_uuid(row.try_get("order_id")?),
-                body: row.try_get("response_body")?,
-            }));
-        }
-    }
-
-    let product_ids: Vec<Uuid> = new.lines.iter().map(|(id, _)| id.as_uuid()).collect();
-    let read_products = prepared(
+    // One key at a time: a concurrent duplicate waits here and then replays the committed
+    // response, so it can never reserve a second time.
+    tx.batch_execute(IDEMPOTENCY_WAIT).await?;
+    let lock = prepared(
         &tx,
-        match read {
-            Read::Unlocked => {
-                "SELECT id, price, currency, inventory - reserved AS available
-                 FROM products WHERE id = ANY($1)"
-            }
-            Read::Locked => {
-                "SELECT id, price, currency, inventory - reserved AS available
-                 FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-            }
-        },
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7001))",
     )
     .await?;
-    let rows = tx.query(&read_products, &[&product_ids]).await?;
-    let mut stock: HashMap<Uuid, (Decimal, String, i64)> = HashMap::with_capacity(rows.len());
+    if let Err(e) = tx.execute(&lock, &[&idem.key.as_str()]).await {
+        return Err(match e.code() {
+            Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::RequestInProgress,
+            _ => e.into(),
+        });
+    }
+    let lookup = prepared(
+        &tx,
+        "SELECT fingerprint, order_id, response_body FROM idempotency_keys WHERE key = $1",
+    )
+    .await?;
+    if let Some(row) = tx.query_opt(&lookup, &[&idem.key.as_str()]).await? {
+        let fingerprint: String = row.try_get("fingerprint")?;
+        if fingerprint != idem.fingerprint {
+            return Err(StoreError::IdempotencyKeyReuse);
+        }
+        return Ok(Some(CreateOrderOutcome::Replayed {
+            order_id: OrderId::from_uuid(row.try_get("order_id")?),
+            body: row.try_get("response_body")?,
+        }));
+    }
+    let Some(order) = place_order(&tx, placement, sent).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let outcome = placement.created(order)?;
+    if let CreateOrderOutcome::Created { order, body, .. } = &outcome {
+        let remember = prepared(
+            &tx,
+            "INSERT INTO idempotency_keys (key, fingerprint, order_id, response_body, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .await?;
+        tx.execute(
+            &remember,
+            &[
+                &idem.key.as_str(),
+                &idem.fingerprint,
+                &order.id.as_uuid(),
+                body,
+                &order.created_at,
+            ],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Some(outcome))
+}
+
+/// What an order is decided from, fixed before the statement runs.
+struct Placement<'a> {
+    new: &'a NewOrder,
+    id: OrderId,
+    // PostgreSQL keeps microseconds: truncate so the stored response equals a later read.
+    now: DateTime<Utc>,
+    event: OrderEvent,
+}
+
+impl<'a> Placement<'a> {
+    fn new(new: &'a NewOrder, correlation_id: &str) -> Self {
+        let id = OrderId::generate();
+        let now = Utc::now().trunc_subsecs(6);
+        Self {
+            new,
+            id,
+            now,
+            event: OrderEvent::created(id, now, correlation_id),
+        }
+    }
+
+    fn created(&self, order: Order) -> Result<CreateOrderOutcome, StoreError> {
+        let body = serde_json::to_string(&order).map_err(|e| corrupt("order", e))?;
+        Ok(CreateOrderOutcome::Created {
+            order: Box::new(order),
+            body,
+            event: self.event.clone(),
+        })
+    }
+}
+
+/// The statement that decides and writes an order, returning the product rows it locked
+/// (as they were before its reservation) and whether it placed the order.
+///
+/// `locked` takes the product rows in id order, so crossing orders wait instead of
+/// deadlocking; under read committed a row locked after waiting is returned in its latest
+/// committed version, so `verdict` judges stock, prices and currency on what is there now,
+/// and every write is conditional on it: the order is placed whole or not at all, and the
+/// row locks are never held across a round trip. Foreign keys are checked at the
+/// statement's end, when the order row exists.
+///
+/// `reserve` repeats the stock condition because PostgreSQL checks the `products` CHECKs on
+/// the row version the statement's snapshot shows before it moves to the latest one: a
+/// snapshot older than a stock increase would make a reservable line look like an
+/// oversell. The condition skips such a line instead, and the final select then raises
+/// (`stock_moved_under_lock`, SQLSTATE `OM001`), undoing the statement, to be run again.
+/// The CHECKs stay the backstop against overselling.
+const PLACE_ORDER: &str = "WITH lines AS (
+         SELECT * FROM unnest($2::uuid[], $3::int[]) AS l(product_id, quantity)
+     ), locked AS (
+         SELECT id, price, currency, inventory - reserved AS available
+         FROM products WHERE id = ANY($2) ORDER BY id FOR UPDATE
+     ), verdict AS (
+         SELECT coalesce(count(*) = cardinality($2::uuid[])
+                         AND count(DISTINCT k.currency) = 1
+                         AND bool_and(k.available >= l.quantity), false) AS placed,
+                min(k.currency) AS currency
+         FROM lines l JOIN locked k ON k.id = l.product_id
+     ), reserve AS (
+         UPDATE products p SET reserved = p.reserved + l.quantity, updated_at = $4
+         FROM lines l
+         WHERE p.id = l.product_id AND (SELECT placed FROM verdict)
+           AND p.inventory - p.reserved >= l.quantity
+         RETURNING p.id
+     ), new_order AS (
+         INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
+         SELECT $1, 'pending', currency, $5, $4, $4 FROM verdict WHERE placed
+     ), items AS (
+         INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+         SELECT $1, l.product_id, l.quantity, k.price
+         FROM lines l JOIN locked k ON k.id = l.product_id
+         WHERE (SELECT placed FROM verdict)
+     ), ledger AS (
+         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
+         SELECT product_id, 0, quantity, 'reserve', $1, $4 FROM lines
+         WHERE (SELECT placed FROM verdict)
+     ), history AS (
+         INSERT INTO order_status_history (order_id, status, at)
+         SELECT $1, 'pending', $4 WHERE (SELECT placed FROM verdict)
+     ), outbox AS (
+         INSERT INTO outbox (message_id, routing_key, payload, created_at)
+         SELECT $6, $7, $8, $4 WHERE (SELECT placed FROM verdict)
+     ), marked AS (
+         UPDATE outbox SET published_at = now()
+         WHERE message_id = ANY($9) AND published_at IS NULL
+     )
+     SELECT k.id, k.price, k.currency, k.available, v.placed,
+            CASE WHEN v.placed AND (SELECT count(*) FROM reserve) <> cardinality($2::uuid[])
+                 THEN stock_moved_under_lock() END AS stock_moved
+     FROM locked k CROSS JOIN verdict v";
+
+/// The SQLSTATE of `stock_moved_under_lock()` (migration V2).
+const STOCK_MOVED_UNDER_LOCK: &str = "OM001";
+
+/// Runs [`PLACE_ORDER`]; the placed order, why it was refused, or `None` when it must run
+/// again on a fresh snapshot.
+async fn place_order(
+    client: &impl GenericClient,
+    placement: &Placement<'_>,
+    sent: &SentMessages,
+) -> Result<Option<Order>, StoreError> {
+    let new = placement.new;
+    let product_ids: Vec<Uuid> = new.lines.iter().map(|(id, _)| id.as_uuid()).collect();
+    let quantities: Vec<i32> = new
+        .lines
+        .iter()
+        .map(|(_, quantity)| i32::from(quantity.get()))
+        .collect();
+    let statement = prepared(client, PLACE_ORDER).await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &placement.id.as_uuid(),
+                &product_ids,
+                &quantities,
+                &placement.now,
+                &new.customer_id.as_ref().map(CustomerId::as_str),
+                &placement.event.message_id,
+                &placement.event.routing_key(),
+                &Json(placement.event.to_json()),
+                &sent.ids(),
+            ],
+        )
+        .await;
+    let rows = match rows {
+        Err(e) if e.code().is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK) => {
+            return Ok(None)
+        }
+        rows => rows?,
+    };
+
+    let mut stock: HashMap<Uuid, LockedProduct> = HashMap::with_capacity(rows.len());
+    let mut placed = false;
     for row in &rows {
+        placed = row.try_get("placed")?;
         stock.insert(
             row.try_get("id")?,
-            (
-                row.try_get("price")?,
-                row.try_get("currency")?,
-                row.try_get("available")?,
-            ),
+            LockedProduct {
+                price: row.try_get("price")?,
+                currency: row.try_get("currency")?,
+                available: row.try_get("available")?,
+            },
         );
     }
+    if !placed {
+        return Err(refusal(new, &stock));
+    }
+
+    let currency = stock
+        .values()
+        .map(|p| p.currency.as_str())
+        .next()
+        .unwrap_or_default();
+    let items = new
+        .lines
+        .iter()
+        .map(|(product, quantity)| {
+            OrderLine::new(
+                product,
+                quantity,
+                Money::from_db(stock[&product.as_uuid()].price),
+            )
+        })
+        .collect();
+    Ok(Some(Order::new(
+        placement.id,
+        OrderStatus::Pending,
+        items,
+        Currency::parse(currency).map_err(|_| corrupt("currency", currency))?,
+        new.customer_id.clone(),
+        placement.now,
+        placement.now,
+        vec![StatusChange {
+            status: OrderStatus::Pending,
+            at: placement.now,
+        }],
+    )))
+}
+
+/// A product row as [`PLACE_ORDER`] found it under its lock.
+struct LockedProduct {
+    price: Decimal,
+    currency: String,
+    available: i64,
+}
+
+/// Why an order the statement did not place was refused, judged on the rows it locked.
+fn refusal(new: &NewOrder, stock: &HashMap<Uuid, LockedProduct>) -> StoreError {
     let unknown: Vec<ProductId> = new
         .lines
         .iter()
@@ -192,18 +364,18 @@ async fn try_create_order(
         .filter(|id| !stock.contains_key(&id.as_uuid()))
         .collect();
     if !unknown.is_empty() {
-        return Err(StoreError::UnknownProducts(unknown));
+        return StoreError::UnknownProducts(unknown);
     }
-    let mut currencies = stock.values().map(|(_, currency, _)| currency.as_str());
-    let currency = currencies.next().unwrap_or("USD").to_owned();
-    if currencies.any(|c| c != currency) {
-        return Err(StoreError::MixedCurrencies);
+    let mut currencies = stock.values().map(|p| p.currency.as_str());
+    let first = currencies.next();
+    if currencies.any(|c| Some(c) != first) {
+        return StoreError::MixedCurrencies;
     }
     let shortages: Vec<Shortage> = new
         .lines
         .iter()
         .filter_map(|(id, quantity)| {
-            let available = stock[&id.as_uuid()].2;
+            let available = stock[&id.as_uuid()].available;
             (available < i64::from(quantity.get())).then_some(Shortage {
                 product_id: id,
                 requested: i64::from(quantity.get()),
@@ -211,126 +383,11 @@ async fn try_create_order(
             })
         })
         .collect();
-    if !shortages.is_empty() {
-        return Err(StoreError::InsufficientStock(shortages));
+    if shortages.is_empty() {
+        corrupt("order", "refused with every product known, priced alike and in stock")
+    } else {
+        StoreError::InsufficientStock(shortages)
     }
-
-    // PostgreSQL keeps microseconds: truncate so the stored response equals a later read.
-    let now = Utc::now().trunc_subsecs(6);
-    let id = OrderId::generate();
-    let items: Vec<OrderLine> = new
-        .lines
-        .iter()
-        .map(|(product, quantity)| {
-            OrderLine::new(
-                product,
-                quantity,
-                Money::from_db(stock[&product.as_uuid()].0),
-            )
-        })
-        .collect();
-    let order = Order::new(
-        id,
-        OrderStatus::Pending,
-        items,
-        Currency::parse(&currency).map_err(|_| corrupt("currency", &currency))?,
-        new.customer_id.clone(),
-        now,
-        now,
-        vec![StatusChange {
-            status: OrderStatus::Pending,
-            at: now,
-        }],
-    );
-    let body = serde_json::to_string(&order).map_err(|e| corrupt("order", e))?;
-    let event = OrderEvent::created(id, now, correlation_id);
-    let quantities: Vec<i32> = order
-        .items
-        .iter()
-        .map(|l| i32::from(l.quantity.get()))
-        .collect();
-    let prices: Vec<Decimal> = order
-        .items
-        .iter()
-        .map(|l| l.unit_price.as_decimal())
-        .collect();
-    let (key, fingerprint) = match idempotency {
-        Some(idem) => (Some(idem.key.as_str()), Some(idem.fingerprint.as_str())),
-        None => (None, None),
-    };
-
-    // Everything in one statement: foreign keys are checked at its end, when the order row
-    // exists. `locked` takes the product rows in id order; a row is reserved only after
-    // `locked` produced it, so every order locks its products in ascending id order. The
-    // reservation's conditions are checked on the latest row version (read committed
-    // re-checks an UPDATE's WHERE on a row changed since the snapshot).
-    let write_order = prepared(
-        &tx,
-        "WITH lines AS (
-             SELECT * FROM unnest($2::uuid[], $3::int[], $4::numeric[]) AS l(product_id, quantity, unit_price)
-         ), locked AS (
-             SELECT id FROM products WHERE id = ANY($2) ORDER BY id FOR UPDATE
-         ), reserve AS (
-             UPDATE products p SET reserved = p.reserved + l.quantity, updated_at = $7
-             FROM lines l
-             WHERE p.id = l.product_id AND p.id IN (SELECT id FROM locked)
-               AND p.inventory - p.reserved >= l.quantity AND p.price = l.unit_price
-             RETURNING p.id
-         ), new_order AS (
-             INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
-             VALUES ($1, 'pending', $5, $6, $7, $7)
-         ), items AS (
-             INSERT INTO order_items (order_id, product_id, quantity, unit_price)
-             SELECT $1, product_id, quantity, unit_price FROM lines
-         ), ledger AS (
-             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
-             SELECT product_id, 0, quantity, 'reserve', $1, $7 FROM lines
-         ), history AS (
-             INSERT INTO order_status_history (order_id, status, at) VALUES ($1, 'pending', $7)
-         ), outbox AS (
-             INSERT INTO outbox (message_id, routing_key, payload, created_at) VALUES ($8, $9, $10, $7)
-         ), idempotency AS (
-             INSERT INTO idempotency_keys (key, fingerprint, order_id, response_body, created_at)
-             SELECT $11, $12, $1, $13, $7 WHERE $11::text IS NOT NULL
-         )
-         SELECT count(*) AS reserved FROM reserve",
-    )
-    .await?;
-    let write = async {
-        tx.query_one(
-            &write_order,
-            &[
-                &id.as_uuid(),
-                &product_ids,
-                &quantities,
-                &prices,
-                &currency,
-                &new.customer_id.as_ref().map(CustomerId::as_str),
-                &now,
-                &event.message_id,
-                &event.routing_key(),
-                &Json(event.to_json()),
-                &key,
-                &fingerprint,
-                &body,
-            ],
-        )
-        .await
-        .map_err(StoreError::from)
-    };
-    // Polled together, the two statements go out in one round trip.
-    let (reserved, ()) = tokio::try_join!(write, mark_sent(&tx, sent))?;
-    if reserved.try_get::<_, i64>("reserved")? != product_ids.len() as i64 {
-        // Stock taken or a price changed since the read: nothing of this attempt stays.
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    tx.commit().await?;
-    Ok(Some(CreateOrderOutcome::Created {
-        order: Box::new(order),
-        body,
-        event,
-    }))
 }
 
 const ORDER_SELECT: &str = "SELECT o.id, o.status, o.currency, o.customer_id, o.created_at, o.updated_at,
