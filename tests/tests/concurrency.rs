@@ -216,16 +216,8 @@ async fn an_order_waiting_while_stock_is_added_gets_it() {
         let db = TestDb::with_pool_size(4).await;
         let api = Arc::new(Api::new(db.pool.clone()));
         let product = api.product("5.00", 1).await;
-        let order = order_while_held(
-            &db,
-            &api,
-            &product,
-            "inventory = inventory + 5",
-            5,
-            3,
-            key,
-        )
-        .await;
+        let order =
+            order_while_held(&db, &api, &product, "inventory = inventory + 5", 5, 3, key).await;
         assert_eq!(order.status, 201, "key {key:?}: {}", order.body);
         assert_eq!(api.stock(&product).await, (6, 3));
         db.assert_always_invariants().await;

@@ -294,7 +294,10 @@ async fn place_order(
         )
         .await;
     let rows = match rows {
-        Err(e) if e.code().is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK) => {
+        Err(e)
+            if e.code()
+                .is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK) =>
+        {
             return Ok(None)
         }
         rows => rows?,
@@ -384,7 +387,10 @@ fn refusal(new: &NewOrder, stock: &HashMap<Uuid, LockedProduct>) -> StoreError {
         })
         .collect();
     if shortages.is_empty() {
-        corrupt("order", "refused with every product known, priced alike and in stock")
+        corrupt(
+            "order",
+            "refused with every product known, priced alike and in stock",
+        )
     } else {
         StoreError::InsufficientStock(shortages)
     }
