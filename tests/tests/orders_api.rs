@@ -458,3 +458,36 @@ async fn listing_orders_pages_through_every_order_once_and_filters_by_status() {
     fields.sort();
     assert_eq!(fields, ["limit", "status"]);
 }
+
+/// Order placement is one many-CTE statement: PostgreSQL must settle on a generic plan for
+/// it rather than plan it on every call, whatever the number of lines.
+#[tokio::test]
+async fn order_placement_reuses_one_generic_plan() {
+    let db = TestDb::with_pool_size(1).await;
+    let api = Api::new(db.pool.clone());
+    let a = api.product("1.00", 100).await;
+    let b = api.product("2.00", 100).await;
+    for i in 0..8 {
+        let lines: &[(&str, u32)] = if i % 2 == 0 {
+            &[(&a, 1)]
+        } else {
+            &[(&a, 1), (&b, 2)]
+        };
+        assert_eq!(api.order(lines).await.status, 201);
+    }
+    let client = db.pool.get().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+             WHERE statement LIKE 'WITH lines AS%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (generic, custom): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        (generic, custom),
+        (3, 5),
+        "PostgreSQL plans five times, then keeps the generic plan"
+    );
+}
