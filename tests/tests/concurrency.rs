@@ -161,23 +161,17 @@ async fn concurrent_conflicting_status_changes_have_one_winner() {
 }
 
 /// An order that waits for a product's row lock is decided on the row as the holder left
-/// it: the new price, the stock that is left, or stock that was added after the order's
-/// statement began (its snapshot still shows the old figures).
+/// it: the new price, the stock that is left, or (several lines) stock that was added after
+/// the order's statement began, when its snapshot still showed the old figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_order_waiting_for_a_repriced_product_takes_the_new_price() {
     let db = TestDb::with_pool_size(4).await;
     let api = Arc::new(Api::new(db.pool.clone()));
     let product = api.product("5.00", 3).await;
-    let order = order_while_held(
-        &db,
-        &api,
-        &product,
-        "price = 7.00, inventory = inventory - 1",
-        -1,
-        2,
-        None,
-    )
-    .await;
+    let holder = Holder::change(&db, &product, "price = 7.00, inventory = inventory - 1", -1).await;
+    let order = holder
+        .commit_while_ordering(&api, &[(&product, 2)], None)
+        .await;
     assert_eq!(order.status, 201, "{}", order.body);
     assert_eq!(order.body["items"][0]["unitPrice"], json!("7.00"));
     assert_eq!(order.body["total"], json!("14.00"));
@@ -191,16 +185,10 @@ async fn an_order_waiting_while_stock_is_taken_is_refused_with_what_is_left() {
     let db = TestDb::with_pool_size(4).await;
     let api = Arc::new(Api::new(db.pool.clone()));
     let product = api.product("5.00", 3).await;
-    let order = order_while_held(
-        &db,
-        &api,
-        &product,
-        "inventory = inventory - 2",
-        -2,
-        2,
-        None,
-    )
-    .await;
+    let holder = Holder::change(&db, &product, "inventory = inventory - 2", -2).await;
+    let order = holder
+        .commit_while_ordering(&api, &[(&product, 2)], None)
+        .await;
     assert_eq!(order.status, 409, "{}", order.body);
     assert_eq!(
         order.body["shortages"],
@@ -210,14 +198,19 @@ async fn an_order_waiting_while_stock_is_taken_is_refused_with_what_is_left() {
     db.assert_always_invariants().await;
 }
 
+/// Several lines lock their products before judging them, so they wait for a restock in
+/// progress and get it (the statement runs again when its snapshot predates the restock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_order_waiting_while_stock_is_added_gets_it() {
+async fn a_several_line_order_waiting_while_stock_is_added_gets_it() {
     for key in [None, Some("restock-key")] {
         let db = TestDb::with_pool_size(4).await;
         let api = Arc::new(Api::new(db.pool.clone()));
         let product = api.product("5.00", 1).await;
-        let order =
-            order_while_held(&db, &api, &product, "inventory = inventory + 5", 5, 3, key).await;
+        let other = api.product("1.00", 10).await;
+        let holder = Holder::change(&db, &product, "inventory = inventory + 5", 5).await;
+        let order = holder
+            .commit_while_ordering(&api, &[(&product, 3), (&other, 1)], key)
+            .await;
         assert_eq!(order.status, 201, "key {key:?}: {}", order.body);
         assert_eq!(api.stock(&product).await, (6, 3));
         db.assert_always_invariants().await;
@@ -225,44 +218,85 @@ async fn an_order_waiting_while_stock_is_added_gets_it() {
     }
 }
 
-/// Orders `quantity` of `product` while another transaction holds its row, changing it with
-/// `set` (and a ledger row of `inventory_delta`), and commits once the order is waiting.
-async fn order_while_held(
-    db: &TestDb,
-    api: &Arc<Api>,
-    product: &str,
-    set: &str,
-    inventory_delta: i64,
-    quantity: u32,
-    key: Option<&'static str>,
-) -> system_tests::TestResponse {
-    let mut holder = db.client().await;
-    let change = holder.transaction().await.unwrap();
-    change
-        .batch_execute(&format!(
-            "UPDATE products SET {set} WHERE id = '{product}';
-             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
-             VALUES ('{product}', {inventory_delta}, 0, 'adjustment');"
-        ))
-        .await
-        .unwrap();
-    let order = {
-        let api = api.clone();
-        let body = json!({"items": [{"productId": product, "quantity": quantity}]}).to_string();
-        tokio::spawn(async move {
-            let mut headers = vec![("content-type", "application/json")];
-            if let Some(key) = key {
-                headers.push(("idempotency-key", key));
-            }
-            api.request("POST", "/orders", &headers, Some(body.as_bytes()))
-                .await
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !order.is_finished(),
-        "the order waits for the product's row lock"
+/// A one-line order is judged on the stock committed when it began: a restock still in
+/// progress neither makes it wait nor counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_line_order_does_not_wait_for_a_restock_in_progress() {
+    let db = TestDb::with_pool_size(4).await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let product = api.product("5.00", 1).await;
+    let holder = Holder::change(&db, &product, "inventory = inventory + 5", 5).await;
+    let order = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        api.order(&[(&product, 3)]),
+    )
+    .await
+    .expect("answered while the restock holds the row");
+    assert_eq!(order.status, 409, "{}", order.body);
+    assert_eq!(
+        order.body["shortages"],
+        json!([{"productId": product, "requested": 3, "available": 1}])
     );
-    change.commit().await.unwrap();
-    order.await.unwrap()
+    holder.commit().await;
+    assert_eq!(api.order(&[(&product, 3)]).await.status, 201);
+    assert_eq!(api.stock(&product).await, (6, 3));
+    db.assert_always_invariants().await;
+}
+
+/// A transaction holding a product's row while it changes it.
+struct Holder {
+    client: deadpool_postgres::Client,
+}
+
+impl Holder {
+    /// Changes `product` with `set` (and a ledger row of `inventory_delta`), uncommitted.
+    async fn change(db: &TestDb, product: &str, set: &str, inventory_delta: i64) -> Self {
+        let client = db.client().await;
+        client
+            .batch_execute(&format!(
+                "BEGIN;
+                 UPDATE products SET {set} WHERE id = '{product}';
+                 INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
+                 VALUES ('{product}', {inventory_delta}, 0, 'adjustment');"
+            ))
+            .await
+            .unwrap();
+        Self { client }
+    }
+
+    async fn commit(self) {
+        self.client.batch_execute("COMMIT").await.unwrap();
+    }
+
+    /// Sends the order, checks that it waits for the row, then commits the change.
+    async fn commit_while_ordering(
+        self,
+        api: &Arc<Api>,
+        lines: &[(&str, u32)],
+        key: Option<&'static str>,
+    ) -> system_tests::TestResponse {
+        let items: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|(id, q)| json!({"productId": id, "quantity": q}))
+            .collect();
+        let body = json!({ "items": items }).to_string();
+        let order = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let mut headers = vec![("content-type", "application/json")];
+                if let Some(key) = key {
+                    headers.push(("idempotency-key", key));
+                }
+                api.request("POST", "/orders", &headers, Some(body.as_bytes()))
+                    .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !order.is_finished(),
+            "the order waits for the product's row lock"
+        );
+        self.commit().await;
+        order.await.unwrap()
+    }
 }

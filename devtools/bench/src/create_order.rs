@@ -441,13 +441,18 @@ where
     Measured::from_micros(micros, start.elapsed().as_secs_f64(), 0)
 }
 
+/// Orders both databases hold before the first point (see [`seed::history`]).
+const HISTORY_ORDERS: i64 = 100_000;
+
 pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration) -> Section {
     wait_until_quiet("create-order", 15.0, quiet_wait).await;
     let broker = TestBroker::new().await;
     let ours_db = TestDb::with_pool_size(2).await;
-    seed::products(&ours_db.pool).await;
     let limit_db = TestDb::with_pool_size(2).await;
-    seed::products(&limit_db.pool).await;
+    for db in [&ours_db, &limit_db] {
+        seed::products(&db.pool).await;
+        seed::history(&db.pool, HISTORY_ORDERS).await;
+    }
     let limit = match find_pgbench() {
         Some(program) => {
             let dir = std::env::temp_dir().join(format!("bench-pgbench-{}", std::process::id()));

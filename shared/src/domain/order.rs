@@ -44,6 +44,14 @@ impl OrderLines {
         self.0.iter().copied()
     }
 
+    /// The line of a one-line order.
+    pub fn single(&self) -> Option<(ProductId, Quantity)> {
+        match self.0.as_slice() {
+            [line] => Some(*line),
+            _ => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

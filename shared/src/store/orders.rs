@@ -67,9 +67,10 @@ const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
 /// record), all atomically. `sent` is marked by the same statement.
 ///
 /// Without an idempotency key the whole order is one statement in its own implicit
-/// transaction: one round trip, and a hot product's row lock is held only for that
-/// statement and its commit. With a key, the key is locked and looked up first and the
-/// response stored after the statement, in one transaction.
+/// transaction ([`PLACE_ONE_LINE_ORDER`] or, for several lines, [`PLACE_ORDER`]): one round
+/// trip, and a hot product's row lock is held only for that statement and its commit. With
+/// a key, the key is locked and looked up first and the response stored after the
+/// statement, in one transaction.
 pub async fn create_order(
     pool: &Pool,
     new: &NewOrder,
@@ -199,8 +200,8 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// The statement that decides and writes an order, returning the product rows it locked
-/// (as they were before its reservation) and whether it placed the order.
+/// The statement that decides and writes an order of several lines, returning the product
+/// rows it locked (as they were before its reservation) and whether it placed the order.
 ///
 /// `locked` takes the product rows in id order, so crossing orders wait instead of
 /// deadlocking; under read committed a row locked after waiting is returned in its latest
@@ -262,63 +263,70 @@ const PLACE_ORDER: &str = "WITH lines AS (
 /// The SQLSTATE of `stock_moved_under_lock()` (migration V2).
 const STOCK_MOVED_UNDER_LOCK: &str = "OM001";
 
-/// Runs [`PLACE_ORDER`]; the placed order, why it was refused, or `None` when it must run
-/// again on a fresh snapshot.
+/// A one-line order, the common case and all of a hot product's load: the reservation's
+/// `UPDATE` takes the row lock itself and every write follows from the row it returns, so
+/// the product row is visited once and locked for the statement and its commit only. The
+/// stock condition is judged on the latest row version (read committed re-checks an
+/// `UPDATE`'s condition on a row changed since the snapshot); a row the snapshot already
+/// shows short is refused without waiting, as of the stock committed when it began.
+const PLACE_ONE_LINE_ORDER: &str = "WITH reserve AS (
+         UPDATE products SET reserved = reserved + $3::int, updated_at = $4
+         WHERE id = $2 AND inventory - reserved >= $3::int
+         RETURNING price, currency
+     ), new_order AS (
+         INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
+         SELECT $1, 'pending', currency, $5, $4, $4 FROM reserve
+     ), items AS (
+         INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+         SELECT $1, $2, $3::int, price FROM reserve
+     ), ledger AS (
+         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
+         SELECT $2, 0, $3::int, 'reserve', $1, $4 FROM reserve
+     ), history AS (
+         INSERT INTO order_status_history (order_id, status, at)
+         SELECT $1, 'pending', $4 FROM reserve
+     ), outbox AS (
+         INSERT INTO outbox (message_id, routing_key, payload, created_at)
+         SELECT $6, $7, $8, $4 FROM reserve
+     ), marked AS (
+         UPDATE outbox SET published_at = now()
+         WHERE message_id = ANY($9) AND published_at IS NULL
+     )
+     SELECT $2 AS id, price, currency FROM reserve";
+
+/// What a placement statement decided, with the product rows it was decided on.
+enum Decision {
+    Placed(HashMap<Uuid, ProductRow>),
+    Refused(HashMap<Uuid, ProductRow>),
+    /// Undone: run it again on a fresh snapshot.
+    Again,
+}
+
+/// Runs the placement statement for the order's shape; the placed order, why it was
+/// refused, or `None` when it must run again.
 async fn place_order(
     client: &impl GenericClient,
     placement: &Placement<'_>,
     sent: &SentMessages,
 ) -> Result<Option<Order>, StoreError> {
     let new = placement.new;
-    let product_ids: Vec<Uuid> = new.lines.iter().map(|(id, _)| id.as_uuid()).collect();
-    let quantities: Vec<i32> = new
-        .lines
-        .iter()
-        .map(|(_, quantity)| i32::from(quantity.get()))
-        .collect();
-    let statement = prepared(client, PLACE_ORDER).await?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &placement.id.as_uuid(),
-                &product_ids,
-                &quantities,
-                &placement.now,
-                &new.customer_id.as_ref().map(CustomerId::as_str),
-                &placement.event.message_id,
-                &placement.event.routing_key(),
-                &Json(placement.event.to_json()),
-                &sent.ids(),
-            ],
-        )
-        .await;
-    let rows = match rows {
-        Err(e)
-            if e.code()
-                .is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK) =>
-        {
-            return Ok(None)
+    let decision = match new.lines.single() {
+        Some((product, quantity)) => {
+            place_one_line(client, placement, sent, product, quantity).await?
         }
-        rows => rows?,
+        None => place_lines(client, placement, sent).await?,
     };
-
-    let mut stock: HashMap<Uuid, LockedProduct> = HashMap::with_capacity(rows.len());
-    let mut placed = false;
-    for row in &rows {
-        placed = row.try_get("placed")?;
-        stock.insert(
-            row.try_get("id")?,
-            LockedProduct {
-                price: row.try_get("price")?,
-                currency: row.try_get("currency")?,
-                available: row.try_get("available")?,
-            },
-        );
-    }
-    if !placed {
-        return Err(refusal(new, &stock));
-    }
+    let stock = match decision {
+        Decision::Placed(stock) => stock,
+        Decision::Refused(stock) => {
+            return match refusal(new, &stock) {
+                Some(refused) => Err(refused),
+                // Placeable now: what refused it changed since.
+                None => Ok(None),
+            };
+        }
+        Decision::Again => return Ok(None),
+    };
 
     let currency = stock
         .values()
@@ -351,15 +359,134 @@ async fn place_order(
     )))
 }
 
-/// A product row as [`PLACE_ORDER`] found it under its lock.
-struct LockedProduct {
-    price: Decimal,
-    currency: String,
-    available: i64,
+async fn place_one_line(
+    client: &impl GenericClient,
+    placement: &Placement<'_>,
+    sent: &SentMessages,
+    product: ProductId,
+    quantity: Quantity,
+) -> Result<Decision, StoreError> {
+    let statement = prepared(client, PLACE_ONE_LINE_ORDER).await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[
+                &placement.id.as_uuid(),
+                &product.as_uuid(),
+                &i32::from(quantity.get()),
+                &placement.now,
+                &placement.new.customer_id.as_ref().map(CustomerId::as_str),
+                &placement.event.message_id,
+                &placement.event.routing_key(),
+                &Json(placement.event.to_json()),
+                &sent.ids(),
+            ],
+        )
+        .await?;
+    match row {
+        Some(row) => Ok(Decision::Placed(HashMap::from([(
+            product.as_uuid(),
+            ProductRow::from_row(&row, None)?,
+        )]))),
+        None => {
+            // Nothing was written; read why, to answer with it.
+            let read = prepared(
+                client,
+                "SELECT id, price, currency, inventory - reserved AS available
+                 FROM products WHERE id = $1",
+            )
+            .await?;
+            let rows = client.query(&read, &[&product.as_uuid()]).await?;
+            Ok(Decision::Refused(products_by_id(&rows)?))
+        }
+    }
 }
 
-/// Why an order the statement did not place was refused, judged on the rows it locked.
-fn refusal(new: &NewOrder, stock: &HashMap<Uuid, LockedProduct>) -> StoreError {
+/// Runs [`PLACE_ORDER`] for an order of several lines.
+async fn place_lines(
+    client: &impl GenericClient,
+    placement: &Placement<'_>,
+    sent: &SentMessages,
+) -> Result<Decision, StoreError> {
+    let new = placement.new;
+    let product_ids: Vec<Uuid> = new.lines.iter().map(|(id, _)| id.as_uuid()).collect();
+    let quantities: Vec<i32> = new
+        .lines
+        .iter()
+        .map(|(_, quantity)| i32::from(quantity.get()))
+        .collect();
+    let statement = prepared(client, PLACE_ORDER).await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &placement.id.as_uuid(),
+                &product_ids,
+                &quantities,
+                &placement.now,
+                &new.customer_id.as_ref().map(CustomerId::as_str),
+                &placement.event.message_id,
+                &placement.event.routing_key(),
+                &Json(placement.event.to_json()),
+                &sent.ids(),
+            ],
+        )
+        .await;
+    let rows = match rows {
+        Err(e)
+            if e.code()
+                .is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK) =>
+        {
+            return Ok(Decision::Again)
+        }
+        rows => rows?,
+    };
+    let placed = match rows.first() {
+        Some(row) => row.try_get("placed")?,
+        None => false,
+    };
+    let stock = products_by_id(&rows)?;
+    Ok(if placed {
+        Decision::Placed(stock)
+    } else {
+        Decision::Refused(stock)
+    })
+}
+
+/// A product row as a placement statement found it.
+struct ProductRow {
+    price: Decimal,
+    currency: String,
+    /// Stock available before the order; only known for the products of a refused or
+    /// several-line order.
+    available: Option<i64>,
+}
+
+impl ProductRow {
+    fn from_row(row: &Row, available: Option<i64>) -> Result<Self, StoreError> {
+        Ok(Self {
+            price: row.try_get("price")?,
+            currency: row.try_get("currency")?,
+            available,
+        })
+    }
+}
+
+fn products_by_id(rows: &[Row]) -> Result<HashMap<Uuid, ProductRow>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            let available = row.try_get("available")?;
+            Ok((
+                row.try_get("id")?,
+                ProductRow::from_row(row, Some(available))?,
+            ))
+        })
+        .collect()
+}
+
+/// Why an order was refused, judged on the product rows read or locked; `None` when
+/// nothing in them refuses it.
+fn refusal(new: &NewOrder, stock: &HashMap<Uuid, ProductRow>) -> Option<StoreError> {
     let unknown: Vec<ProductId> = new
         .lines
         .iter()
@@ -367,18 +494,18 @@ fn refusal(new: &NewOrder, stock: &HashMap<Uuid, LockedProduct>) -> StoreError {
         .filter(|id| !stock.contains_key(&id.as_uuid()))
         .collect();
     if !unknown.is_empty() {
-        return StoreError::UnknownProducts(unknown);
+        return Some(StoreError::UnknownProducts(unknown));
     }
     let mut currencies = stock.values().map(|p| p.currency.as_str());
     let first = currencies.next();
     if currencies.any(|c| Some(c) != first) {
-        return StoreError::MixedCurrencies;
+        return Some(StoreError::MixedCurrencies);
     }
     let shortages: Vec<Shortage> = new
         .lines
         .iter()
         .filter_map(|(id, quantity)| {
-            let available = stock[&id.as_uuid()].available;
+            let available = stock[&id.as_uuid()].available.unwrap_or(0);
             (available < i64::from(quantity.get())).then_some(Shortage {
                 product_id: id,
                 requested: i64::from(quantity.get()),
@@ -386,14 +513,7 @@ fn refusal(new: &NewOrder, stock: &HashMap<Uuid, LockedProduct>) -> StoreError {
             })
         })
         .collect();
-    if shortages.is_empty() {
-        corrupt(
-            "order",
-            "refused with every product known, priced alike and in stock",
-        )
-    } else {
-        StoreError::InsufficientStock(shortages)
-    }
+    (!shortages.is_empty()).then_some(StoreError::InsufficientStock(shortages))
 }
 
 const ORDER_SELECT: &str = "SELECT o.id, o.status, o.currency, o.customer_id, o.created_at, o.updated_at,
