@@ -252,8 +252,8 @@ const PLACE_ORDER: &str = "WITH lines AS (
          INSERT INTO outbox (message_id, routing_key, payload, created_at)
          SELECT $6, $7, $8, $4 WHERE (SELECT placed FROM verdict)
      ), marked AS (
-         UPDATE outbox SET published_at = now()
-         WHERE message_id = ANY($9) AND published_at IS NULL
+         UPDATE outbox SET published_at = coalesce(published_at, now())
+         WHERE message_id = ANY($9)
      )
      SELECT k.id, k.price, k.currency, k.available, v.placed,
             CASE WHEN v.placed AND (SELECT count(*) FROM reserve) <> cardinality($2::uuid[])
@@ -289,8 +289,8 @@ const PLACE_ONE_LINE_ORDER: &str = "WITH reserve AS (
          INSERT INTO outbox (message_id, routing_key, payload, created_at)
          SELECT $6, $7, $8, $4 FROM reserve
      ), marked AS (
-         UPDATE outbox SET published_at = now()
-         WHERE message_id = ANY($9) AND published_at IS NULL
+         UPDATE outbox SET published_at = coalesce(published_at, now())
+         WHERE message_id = ANY($9)
      )
      SELECT $2 AS id, price, currency FROM reserve";
 
