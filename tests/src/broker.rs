@@ -43,7 +43,7 @@ impl Drop for TestBroker {
 }
 
 use base64::Engine;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions};
 use lapin::types::AMQPValue;
 use serde_json::{json, Value};
 
@@ -166,6 +166,19 @@ pub fn rabbitmq_event_json(queue: &str, messages: &[EventMessage]) -> Value {
 }
 
 impl TestBroker {
+    /// Empties the processor's queue and the audit tail, as their consumers would keep them.
+    pub async fn purge(&self) {
+        let broker = self.broker();
+        let channel = broker.channel().await.expect("channel");
+        for queue in [&self.topology.queue, &self.topology.audit_queue] {
+            channel
+                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                .await
+                .expect("queue.purge");
+        }
+        broker.reset().await;
+    }
+
     /// Takes every message now in `queue`, acknowledging each.
     pub async fn drain(&self, queue: &str) -> Vec<(Vec<u8>, lapin::BasicProperties)> {
         let broker = self.broker();

@@ -193,6 +193,9 @@ async fn ours(
         publisher: publish.then(|| Publisher::new(broker.broker())),
     });
     let events = Arc::new(OrderEvents::new(keyed));
+    // The processor and the audit consumers keep the queues short in production; a backlog
+    // of every earlier slice's events would have RabbitMQ paging it to disk during this one.
+    broker.purge().await;
     // Every connection opened and the broker channel up, as in warm Lambdas.
     drive(
         state.clone(),
