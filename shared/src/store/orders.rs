@@ -95,8 +95,9 @@ pub async fn create_order(
     Err(StoreError::Unavailable(Box::new(StockKeptMoving)))
 }
 
-/// Each attempt follows a stock increase committed while the previous one waited for its
-/// row lock; that happening this often means the product is being changed in a loop.
+/// Each retry follows a stock change committed between a statement's snapshot and its
+/// row lock, or between a refusal and the read that explains it; that happening this often
+/// means the product is being changed in a loop.
 const PLACE_ATTEMPTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
