@@ -4,7 +4,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use deadpool_postgres::{GenericClient, Pool};
 use rust_decimal::Decimal;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -373,27 +373,19 @@ async fn place_one_line(
     product: ProductId,
     quantity: Quantity,
 ) -> Result<Decision, StoreError> {
-    let statement = prepared(client, PLACE_ONE_LINE_ORDER).await?;
-    let row = client
-        .query_opt(
-            &statement,
-            &[
-                &placement.id.as_uuid(),
-                &product.as_uuid(),
-                &i32::from(quantity.get()),
-                &placement.now,
-                &placement.new.customer_id.as_ref().map(CustomerId::as_str),
-                &placement.event.message_id,
-                &placement.event.routing_key(),
-                &Json(placement.event.to_json()),
-                &sent.ids(),
-            ],
-        )
-        .await?;
-    match row {
+    let rows = run_placement(
+        client,
+        PLACE_ONE_LINE_ORDER,
+        placement,
+        sent,
+        &product.as_uuid(),
+        &i32::from(quantity.get()),
+    )
+    .await?;
+    match rows.first() {
         Some(row) => Ok(Decision::Placed(HashMap::from([(
             product.as_uuid(),
-            ProductRow::from_row(&row, None)?,
+            ProductRow::from_row(row, None)?,
         )]))),
         None => {
             // Nothing was written; read why, to answer with it.
@@ -422,25 +414,17 @@ async fn place_lines(
         .iter()
         .map(|(_, quantity)| i32::from(quantity.get()))
         .collect();
-    let statement = prepared(client, PLACE_ORDER).await?;
-    let rows = client
-        .query(
-            &statement,
-            &[
-                &placement.id.as_uuid(),
-                &product_ids,
-                &quantities,
-                &placement.now,
-                &new.customer_id.as_ref().map(CustomerId::as_str),
-                &placement.event.message_id,
-                &placement.event.routing_key(),
-                &Json(placement.event.to_json()),
-                &sent.ids(),
-            ],
-        )
-        .await;
+    let rows = run_placement(
+        client,
+        PLACE_ORDER,
+        placement,
+        sent,
+        &product_ids,
+        &quantities,
+    )
+    .await;
     let rows = match rows {
-        Err(e)
+        Err(StoreError::Database(e))
             if e.code()
                 .is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK) =>
         {
@@ -458,6 +442,35 @@ async fn place_lines(
     } else {
         Decision::Refused(stock)
     })
+}
+
+/// Runs a placement statement: both take the same parameters, the lines as `$2` (product)
+/// and `$3` (quantity), one value each or arrays.
+async fn run_placement(
+    client: &impl GenericClient,
+    sql: &str,
+    placement: &Placement<'_>,
+    sent: &SentMessages,
+    products: &(dyn ToSql + Sync),
+    quantities: &(dyn ToSql + Sync),
+) -> Result<Vec<Row>, StoreError> {
+    let statement = prepared(client, sql).await?;
+    Ok(client
+        .query(
+            &statement,
+            &[
+                &placement.id.as_uuid(),
+                products,
+                quantities,
+                &placement.now,
+                &placement.new.customer_id.as_ref().map(CustomerId::as_str),
+                &placement.event.message_id,
+                &placement.event.routing_key(),
+                &Json(placement.event.to_json()),
+                &sent.ids(),
+            ],
+        )
+        .await?)
 }
 
 /// A product row as a placement statement found it.
