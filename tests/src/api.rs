@@ -1,10 +1,51 @@
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use lambda_http::http::HeaderMap;
 use serde_json::{json, Value};
 use shared::http::{handle, ApiState, Endpoint};
 
 const FIXTURE: &str = include_str!("../fixtures/apigw-v2-request.json");
+
+/// Who a test request comes from, as the JWT authorizer would describe the token's holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// No authorizer context: what a route without the authorizer receives.
+    Anonymous,
+    /// A token with the `oms/staff` scope.
+    Staff(String),
+    /// A token without it: a customer, identified by its `sub`.
+    Customer(String),
+}
+
+impl Identity {
+    /// `requestContext.authorizer` as API Gateway's JWT authorizer fills it: every claim as
+    /// a string (numbers as their decimal text), `scopes` null when the route names none.
+    pub fn authorizer(&self) -> Option<Value> {
+        let (sub, scope) = match self {
+            Identity::Anonymous => return None,
+            Identity::Staff(sub) => (sub, "openid oms/staff"),
+            Identity::Customer(sub) => (sub, "openid"),
+        };
+        let now = chrono::Utc::now().timestamp();
+        Some(json!({
+            "jwt": {
+                "claims": {
+                    "sub": sub,
+                    "iss": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_example",
+                    "client_id": "5tt2examplec1ient1d",
+                    "token_use": "access",
+                    "scope": scope,
+                    "auth_time": now.to_string(),
+                    "iat": now.to_string(),
+                    "exp": (now + 3600).to_string(),
+                    "jti": uuid::Uuid::now_v7().to_string(),
+                },
+                "scopes": null
+            }
+        }))
+    }
+}
 
 /// Builds the API Gateway HTTP API (payload v2) event AWS sends for a request, starting from
 /// AWS's documented example and setting what API Gateway sets: route key, path parameters,
@@ -130,21 +171,58 @@ impl TestResponse {
 
 /// The HTTP functions in-process: every request goes through `lambda_http`'s own parsing of
 /// a real API Gateway v2 event into the same handler the function binaries run.
+///
+/// Requests carry the authorizer context of `identity`: staff unless a test asks for
+/// another caller with [`Api::as_customer`] and friends, which share the same state.
+#[derive(Clone)]
 pub struct Api {
-    pub state: ApiState,
+    pub state: Arc<ApiState>,
+    pub identity: Identity,
 }
+
+/// The subject of the staff member an [`Api`] acts as by default.
+pub const TEST_STAFF: &str = "staff-test";
 
 impl Api {
     pub fn new(pool: deadpool_postgres::Pool) -> Self {
+        Self::with_state(ApiState {
+            pool,
+            publisher: None,
+        })
+    }
+
+    pub fn with_state(state: ApiState) -> Self {
         Self {
-            state: ApiState {
-                pool,
-                publisher: None,
-            },
+            state: Arc::new(state),
+            identity: Identity::Staff(TEST_STAFF.into()),
         }
     }
 
+    /// The same API, called by `identity`.
+    pub fn as_identity(&self, identity: Identity) -> Self {
+        Self {
+            state: Arc::clone(&self.state),
+            identity,
+        }
+    }
+
+    pub fn as_customer(&self, sub: &str) -> Self {
+        self.as_identity(Identity::Customer(sub.into()))
+    }
+
+    pub fn as_staff(&self, sub: &str) -> Self {
+        self.as_identity(Identity::Staff(sub.into()))
+    }
+
+    pub fn anonymous(&self) -> Self {
+        self.as_identity(Identity::Anonymous)
+    }
+
     pub async fn send_event(&self, event: &Value) -> TestResponse {
+        let mut event = event.clone();
+        if let Some(authorizer) = self.identity.authorizer() {
+            event["requestContext"]["authorizer"] = authorizer;
+        }
         let request = lambda_http::request::from_str(&event.to_string())
             .expect("lambda_http parses the event");
         let response = handle(&self.state, &Endpoint::ALL, request).await;
@@ -156,7 +234,10 @@ impl Api {
         } else {
             serde_json::from_slice(body).expect("every response body is JSON")
         };
-        if status >= 400 {
+        if status == 401 {
+            // API Gateway's own answer, which the functions repeat.
+            assert_eq!(body, json!({"message": "Unauthorized"}));
+        } else if status >= 400 {
             let content_type = headers.get("content-type").and_then(|v| v.to_str().ok());
             assert_eq!(content_type, Some("application/problem+json"), "{body}");
             assert_eq!(body["status"].as_u64(), Some(u64::from(status)), "{body}");

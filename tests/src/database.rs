@@ -108,7 +108,7 @@ impl TestDb {
             .await
             .batch_execute(&format!(
                 "UPDATE orders SET status = 'processed' WHERE id = '{order_id}';
-                 INSERT INTO order_status_history (order_id, status) VALUES ('{order_id}', 'processed');"
+                 INSERT INTO order_status_history (order_id, status, changed_by) VALUES ('{order_id}', 'processed', 'system');"
             ))
             .await
             .expect("mark processed");

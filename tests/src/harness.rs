@@ -19,12 +19,10 @@ impl Harness {
     pub async fn new() -> Self {
         let db = TestDb::new().await;
         let broker = TestBroker::new().await;
-        let api = Api {
-            state: ApiState {
-                pool: db.pool.clone(),
-                publisher: Some(Publisher::new(broker.broker())),
-            },
-        };
+        let api = Api::with_state(ApiState {
+            pool: db.pool.clone(),
+            publisher: Some(Publisher::new(broker.broker())),
+        });
         let processor = Processor::new(db.pool.clone(), Publisher::new(broker.broker()));
         Self {
             db,

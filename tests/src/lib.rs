@@ -7,7 +7,7 @@ pub mod database;
 pub mod harness;
 pub mod stack;
 
-pub use api::{Api, TestResponse};
+pub use api::{Api, Identity, TestResponse, TEST_STAFF};
 pub use broker::{
     header_int, header_string, rabbitmq_event, rabbitmq_event_json, EventMessage, TestBroker,
 };

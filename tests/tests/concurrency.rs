@@ -256,8 +256,8 @@ impl Holder {
             .batch_execute(&format!(
                 "BEGIN;
                  UPDATE products SET {set} WHERE id = '{product}';
-                 INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
-                 VALUES ('{product}', {inventory_delta}, 0, 'adjustment');"
+                 INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, actor)
+                 VALUES ('{product}', {inventory_delta}, 0, 'adjustment', 'test');"
             ))
             .await
             .unwrap();

@@ -277,12 +277,13 @@ async fn a_failed_request_leaves_its_idempotency_key_free() {
 async fn a_key_still_being_handled_answers_request_in_progress() {
     let (db, api) = api().await;
     let a = api.product("3", 5).await;
-    // Another request holds the key: the same advisory lock a creation takes.
     let mut holder = db.client().await;
     let tx = holder.transaction().await.unwrap();
+    // Another request holds the key: the same advisory lock a creation takes, on the
+    // (caller, key) pair.
     tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7001))",
-        &[&"busy-key"],
+        "SELECT pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 7001))",
+        &[&system_tests::TEST_STAFF, &"busy-key"],
     )
     .await
     .unwrap();
@@ -486,6 +487,11 @@ async fn order_placement_reuses_one_generic_plan() {
     client.batch_execute("VACUUM ANALYZE").await.unwrap();
     drop(client);
     let one = Quantity::try_from(1).unwrap();
+    let staff = shared::domain::Caller::from_token(
+        Some(system_tests::TEST_STAFF),
+        [shared::domain::STAFF_SCOPE].into_iter(),
+    )
+    .unwrap();
     for i in 0..16 {
         let lines = if i < 8 {
             vec![(a, one)]
@@ -503,7 +509,7 @@ async fn order_placement_reuses_one_generic_plan() {
         } else {
             SentMessages::new(vec![uuid::Uuid::now_v7()], Some(std::time::Instant::now()))
         };
-        create_order(&db.pool, &new, None, "plan-test", &sent)
+        create_order(&db.pool, &new, &staff, None, "plan-test", &sent)
             .await
             .unwrap();
     }

@@ -278,12 +278,10 @@ async fn a_cancel_before_processing_keeps_the_order_cancelled_and_releases_once(
 async fn orders_created_while_the_broker_is_down_are_processed_once_it_is_back() {
     let h = Harness::new().await;
     // The HTTP functions' broker is unreachable: writes still succeed, messages wait.
-    let api = system_tests::Api {
-        state: shared::http::ApiState {
-            pool: h.db.pool.clone(),
-            publisher: Some(Publisher::new(h.unreachable_broker())),
-        },
-    };
+    let api = system_tests::Api::with_state(shared::http::ApiState {
+        pool: h.db.pool.clone(),
+        publisher: Some(Publisher::new(h.unreachable_broker())),
+    });
     let product = api.product("1.00", 10).await;
     let mut orders = Vec::new();
     for _ in 0..3 {

@@ -38,8 +38,8 @@ pub async fn products(pool: &Pool) {
             "INSERT INTO products (id, name, price, currency, inventory, reserved)
              SELECT {id}, 'bench product ' || k, 9.99, 'USD', {STOCK}, 0
              FROM generate_series(0, {SPREAD_PRODUCTS}) k;
-             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
-             SELECT id, inventory, 0, 'initial' FROM products;
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, actor)
+             SELECT id, inventory, 0, 'initial', 'bench-staff' FROM products;
              ANALYZE;",
             id = product_id_sql("k"),
         ))
@@ -64,10 +64,10 @@ pub async fn history(pool: &Pool, count: i64) {
                SELECT id, 'delivered', 'committed', 'USD', at, at FROM seeded;
              INSERT INTO order_items (order_id, product_id, quantity, unit_price)
                SELECT id, product_id, 1, 9.99 FROM seeded;
-             INSERT INTO order_status_history (order_id, status, at)
-               SELECT id, s, at FROM seeded, unnest(ARRAY['pending', 'processed', 'shipped', 'delivered']) s;
-             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
-               SELECT product_id, d.inventory, d.reserved, d.reason, id, at
+             INSERT INTO order_status_history (order_id, status, at, changed_by)
+               SELECT id, s, at, 'bench-staff' FROM seeded, unnest(ARRAY['pending', 'processed', 'shipped', 'delivered']) s;
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
+               SELECT product_id, d.inventory, d.reserved, d.reason, id, at, 'bench-staff'
                FROM seeded, (VALUES (0, 1, 'reserve'), (-1, -1, 'commit')) d(inventory, reserved, reason);
              UPDATE products p SET inventory = p.inventory - s.n
                FROM (SELECT product_id, count(*) AS n FROM seeded GROUP BY product_id) s
@@ -100,10 +100,10 @@ pub async fn pending_orders(pool: &Pool, count: usize) -> Vec<Uuid> {
         "INSERT INTO orders (id, currency) SELECT o, 'USD' FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
         "INSERT INTO order_items (order_id, product_id, quantity, unit_price)
          SELECT o, p, 1, 9.99 FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
-        "INSERT INTO order_status_history (order_id, status)
-         SELECT o, 'pending' FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
-        "INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id)
-         SELECT p, 0, 1, 'reserve', o FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
+        "INSERT INTO order_status_history (order_id, status, changed_by)
+         SELECT o, 'pending', 'bench-staff' FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
+        "INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, actor)
+         SELECT p, 0, 1, 'reserve', o, 'bench-staff' FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
         "UPDATE products pr SET reserved = pr.reserved + s.n
          FROM (SELECT p, count(*) AS n FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p) GROUP BY p) s
          WHERE pr.id = s.p",

@@ -7,6 +7,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         Endpoint::GetProduct,
         Endpoint::UpdateProduct,
         Endpoint::AdjustInventory,
+        Endpoint::ListStockMovements,
     ])
     .await
 }

@@ -1,5 +1,6 @@
 //! Domain values. Each type can only be built by parsing, so a value in hand is valid.
 
+mod caller;
 mod currency;
 mod ids;
 mod money;
@@ -9,6 +10,7 @@ mod quantity;
 mod status;
 mod text;
 
+pub use caller::{scopes_in_claim, Caller, CallerError, Staff, STAFF_SCOPE, SYSTEM};
 pub use currency::Currency;
 pub use ids::{OrderId, ProductId};
 pub use money::Money;

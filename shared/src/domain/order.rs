@@ -86,6 +86,8 @@ impl OrderLine {
 pub struct StatusChange {
     pub status: OrderStatus,
     pub at: DateTime<Utc>,
+    /// The `sub` of whoever asked for the change, or [`super::SYSTEM`] for the processor.
+    pub by: String,
 }
 
 /// A placed order as clients see it. `total` is always the sum of the line totals.

@@ -2,6 +2,7 @@
 //! every error as exactly one problem type of API.md.
 
 mod body;
+mod caller;
 mod orders;
 mod problem;
 mod products;
@@ -34,6 +35,7 @@ pub enum Endpoint {
     GetProduct,
     UpdateProduct,
     AdjustInventory,
+    ListStockMovements,
     CreateOrder,
     ListOrders,
     GetOrder,
@@ -41,12 +43,13 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 9] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::CreateProduct,
         Endpoint::ListProducts,
         Endpoint::GetProduct,
         Endpoint::UpdateProduct,
         Endpoint::AdjustInventory,
+        Endpoint::ListStockMovements,
         Endpoint::CreateOrder,
         Endpoint::ListOrders,
         Endpoint::GetOrder,
@@ -61,6 +64,7 @@ impl Endpoint {
             Endpoint::GetProduct => "GET /products/{id}",
             Endpoint::UpdateProduct => "PATCH /products/{id}",
             Endpoint::AdjustInventory => "POST /products/{id}/inventory-adjustments",
+            Endpoint::ListStockMovements => "GET /products/{id}/stock-movements",
             Endpoint::CreateOrder => "POST /orders",
             Endpoint::ListOrders => "GET /orders",
             Endpoint::GetOrder => "GET /orders/{id}",
@@ -125,23 +129,34 @@ pub async fn handle(state: &ApiState, endpoints: &[Endpoint], request: Request) 
     outcome.unwrap_or_else(ApiError::into_response)
 }
 
+/// Runs the endpoint's use case for its caller. Who may call what is decided here, once:
+/// the public catalogue needs no caller, staff routes a [`crate::domain::Staff`], and the
+/// order routes any caller, whose ownership the use case applies in its own statement.
 async fn dispatch(
     state: &ApiState,
     endpoint: Endpoint,
     id: Option<&str>,
     request: &Request,
 ) -> Result<Response<Body>, ApiError> {
+    use caller::{authenticate, staff};
     let id = id.unwrap_or_default();
     match endpoint {
-        Endpoint::CreateProduct => products::create(state, request).await,
         Endpoint::ListProducts => products::list(state, request).await,
         Endpoint::GetProduct => products::get(state, id).await,
-        Endpoint::UpdateProduct => products::update(state, id, request).await,
-        Endpoint::AdjustInventory => products::adjust_inventory(state, id, request).await,
-        Endpoint::CreateOrder => orders::create(state, request).await,
-        Endpoint::ListOrders => orders::list(state, request).await,
-        Endpoint::GetOrder => orders::get(state, id).await,
-        Endpoint::UpdateOrderStatus => orders::update_status(state, id, request).await,
+        Endpoint::CreateProduct => products::create(state, &staff(request)?, request).await,
+        Endpoint::UpdateProduct => products::update(state, &staff(request)?, id, request).await,
+        Endpoint::AdjustInventory => {
+            products::adjust_inventory(state, &staff(request)?, id, request).await
+        }
+        Endpoint::ListStockMovements => {
+            products::stock_movements(state, &staff(request)?, id, request).await
+        }
+        Endpoint::CreateOrder => orders::create(state, &authenticate(request)?, request).await,
+        Endpoint::ListOrders => orders::list(state, &authenticate(request)?, request).await,
+        Endpoint::GetOrder => orders::get(state, &authenticate(request)?, id).await,
+        Endpoint::UpdateOrderStatus => {
+            orders::update_status(state, &authenticate(request)?, id, request).await
+        }
     }
 }
 

@@ -5,10 +5,15 @@ use super::{
     json_body, json_response, query, raw_json_response, request_id, with_location, ApiError,
     ApiState, Json, JsonObject,
 };
+use chrono::{DateTime, Utc};
+
 use crate::domain::{
-    CustomerId, FieldError, IdempotencyKey, OrderId, OrderLines, OrderStatus, ProductId, Quantity,
+    Caller, CustomerId, FieldError, IdempotencyKey, OrderId, OrderLines, OrderStatus, ProductId,
+    Quantity,
 };
-use crate::store::{self, CreateOrderOutcome, Listing, NewOrder, OrderIdempotency, PageRequest};
+use crate::store::{
+    self, CreateOrderOutcome, Listing, NewOrder, OrderFilter, OrderIdempotency, PageRequest,
+};
 
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
@@ -100,8 +105,25 @@ fn parse_new_order(request: &Request) -> Result<NewOrder, ApiError> {
     Ok(NewOrder { lines, customer_id })
 }
 
+/// A customer orders for itself: its `sub` is the order's `customerId`, and a body naming
+/// anyone else is refused. Staff order for whoever the body names, or for nobody.
+fn order_for(caller: &Caller, mut new: NewOrder) -> Result<NewOrder, ApiError> {
+    if let Some(own) = caller.own_orders_only() {
+        match &new.customer_id {
+            Some(named) if named != own => {
+                return Err(ApiError::Forbidden(
+                    "a customer places orders only for itself (customerId is its sub)".into(),
+                ))
+            }
+            _ => new.customer_id = Some(own.clone()),
+        }
+    }
+    Ok(new)
+}
+
 pub(super) async fn create(
     state: &ApiState,
+    caller: &Caller,
     request: &Request,
 ) -> Result<Response<Body>, ApiError> {
     let key = match request.headers().get(IDEMPOTENCY_KEY) {
@@ -119,7 +141,7 @@ pub(super) async fn create(
                 })?,
         ),
     };
-    let new = parse_new_order(request)?;
+    let new = order_for(caller, parse_new_order(request)?)?;
     let idempotency = key.map(|key| OrderIdempotency {
         key,
         fingerprint: new.fingerprint(),
@@ -128,6 +150,7 @@ pub(super) async fn create(
     let outcome = store::create_order(
         &state.pool,
         &new,
+        caller,
         idempotency.as_ref(),
         &request_id(request),
         &sent,
@@ -158,35 +181,86 @@ pub(super) async fn create(
     Ok(response)
 }
 
-pub(super) async fn get(state: &ApiState, id: &str) -> Result<Response<Body>, ApiError> {
-    let order = store::get_order(&state.pool, path_id(id)?).await?;
+pub(super) async fn get(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let order = store::get_order(&state.pool, caller, path_id(id)?).await?;
     json_response(200, &order)
 }
 
-pub(super) async fn list(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
+/// An RFC 3339 time from a query parameter. A `+` offset that reached us as a space (the
+/// client did not percent-encode it) is read as the `+` it was.
+fn query_time(raw: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(raw)
+        .or_else(|_| DateTime::parse_from_rfc3339(&raw.replace(' ', "+")))
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The `GET /orders` query: filters and page, every bad parameter named.
+fn parse_search(request: &Request) -> Result<(OrderFilter, PageRequest), ApiError> {
+    let mut errors = Vec::new();
     let page = PageRequest::parse(
         Listing::Orders,
         query(request, "limit"),
         query(request, "cursor"),
-    );
-    let status = query(request, "status").map(|raw| {
-        OrderStatus::parse(raw).ok_or_else(|| FieldError::new("status", "is not an order status"))
-    });
-    let (page, status) = match (page, status) {
-        (Ok(page), None) => (page, None),
-        (Ok(page), Some(Ok(status))) => (page, Some(status)),
-        (page, status) => {
-            let mut errors = page.err().unwrap_or_default();
-            errors.extend(status.and_then(Result::err));
-            return Err(ApiError::Validation(errors));
+    )
+    .map_err(|e| errors.extend(e))
+    .ok();
+    let mut filter = OrderFilter::default();
+    if let Some(raw) = query(request, "status") {
+        filter.status = OrderStatus::parse(raw);
+        if filter.status.is_none() {
+            errors.push(FieldError::new("status", "is not an order status"));
         }
-    };
-    let page = store::list_orders(&state.pool, status, page).await?;
+    }
+    if let Some(raw) = query(request, "customerId") {
+        filter.customer = CustomerId::parse(raw)
+            .map_err(|message| errors.push(FieldError::new("customerId", message)))
+            .ok();
+    }
+    for (name, slot) in [
+        ("createdFrom", &mut filter.created_from),
+        ("createdTo", &mut filter.created_to),
+    ] {
+        if let Some(raw) = query(request, name) {
+            *slot = query_time(raw);
+            if slot.is_none() {
+                errors.push(FieldError::new(
+                    name,
+                    "must be an RFC 3339 time, e.g. 2026-12-02T10:00:00Z",
+                ));
+            }
+        }
+    }
+    match page {
+        Some(page) if errors.is_empty() => Ok((filter, page)),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+pub(super) async fn list(
+    state: &ApiState,
+    caller: &Caller,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let (filter, page) = parse_search(request)?;
+    if let (Some(own), Some(asked)) = (caller.own_orders_only(), &filter.customer) {
+        if own != asked {
+            return Err(ApiError::Forbidden(
+                "a customer lists only its own orders".into(),
+            ));
+        }
+    }
+    let page = store::list_orders(&state.pool, caller, &filter, page).await?;
     json_response(200, &page)
 }
 
 pub(super) async fn update_status(
     state: &ApiState,
+    caller: &Caller,
     id: &str,
     request: &Request,
 ) -> Result<Response<Body>, ApiError> {
@@ -207,9 +281,14 @@ pub(super) async fn update_status(
     let (Some(status), true) = (status, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
+    if caller.as_staff().is_none() && status != OrderStatus::Cancelled {
+        return Err(ApiError::Forbidden(
+            "a customer may only cancel its own orders; other status changes are staff's".into(),
+        ));
+    }
     let sent = state.take_confirmed();
     let (order, event) =
-        store::update_order_status(&state.pool, id, status, &request_id(request), &sent)
+        store::update_order_status(&state.pool, caller, id, status, &request_id(request), &sent)
             .await
             .inspect_err(|_| state.keep_confirmed(sent))?;
     if let (Some(publisher), Some(event)) = (&state.publisher, event) {

@@ -38,6 +38,12 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("unsupported media type {0}")]
     UnsupportedMediaType(String),
+    /// No authenticated caller on a route that needs one. Answered with API Gateway's own
+    /// body, so that clients see one 401 whichever of the two refused them.
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error("dependency unavailable")]
     Unavailable(#[source] StoreError),
     /// A bug of ours: logged with its cause chain, shown to nobody.
@@ -161,6 +167,9 @@ impl ApiError {
                 "Unsupported media type",
                 format!("the body must be application/json, not {media}"),
             ),
+            ApiError::Forbidden(detail) => (403, "forbidden", "Forbidden", detail.clone()),
+            // Rendered by `into_response` as API Gateway renders it; never a problem body.
+            ApiError::Unauthorized => (401, "unauthorized", "Unauthorized", String::new()),
             ApiError::Unavailable(_) => (
                 503,
                 "unavailable",
@@ -184,6 +193,13 @@ impl ApiError {
                 tracing::warn!(error = %error_chain(e), "dependency unavailable")
             }
             other => tracing::info!(problem = %other, "request refused"),
+        }
+        if let ApiError::Unauthorized = self {
+            return Response::builder()
+                .status(401)
+                .header(CONTENT_TYPE, "application/json")
+                .body(Body::Text(r#"{"message":"Unauthorized"}"#.into()))
+                .unwrap_or_else(|_| Response::new(Body::Empty));
         }
         let (status, kind, title, detail, extra) = self.problem();
         let mut body = Map::new();

@@ -2,7 +2,7 @@ use lambda_http::{Body, Request, Response};
 
 use super::{json_body, json_response, query, with_location, ApiError, ApiState, Json};
 use crate::domain::{
-    AdjustmentReason, Currency, Description, FieldError, Money, ProductId, ProductName, Sku,
+    AdjustmentReason, Currency, Description, FieldError, Money, ProductId, ProductName, Sku, Staff,
     StockDelta,
 };
 use crate::store::{self, Listing, NewProduct, PageRequest, ProductPatch};
@@ -22,6 +22,7 @@ fn keep<T>(errors: &mut Vec<FieldError>, field: &str, parsed: Result<T, &str>) -
 
 pub(super) async fn create(
     state: &ApiState,
+    staff: &Staff,
     request: &Request,
 ) -> Result<Response<Body>, ApiError> {
     let mut body = json_body(request)?;
@@ -91,6 +92,7 @@ pub(super) async fn create(
             currency,
             inventory,
         },
+        staff,
     )
     .await?;
     let location = format!("/products/{}", product.id);
@@ -115,6 +117,7 @@ pub(super) async fn list(state: &ApiState, request: &Request) -> Result<Response
 
 pub(super) async fn update(
     state: &ApiState,
+    _staff: &Staff,
     id: &str,
     request: &Request,
 ) -> Result<Response<Body>, ApiError> {
@@ -174,6 +177,7 @@ pub(super) async fn update(
 
 pub(super) async fn adjust_inventory(
     state: &ApiState,
+    staff: &Staff,
     id: &str,
     request: &Request,
 ) -> Result<Response<Body>, ApiError> {
@@ -192,6 +196,23 @@ pub(super) async fn adjust_inventory(
     let (Some(delta), Some(reason), true) = (delta, reason, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let product = store::adjust_inventory(&state.pool, id, delta, &reason).await?;
+    let product = store::adjust_inventory(&state.pool, id, delta, &reason, staff).await?;
     json_response(200, &product)
+}
+
+pub(super) async fn stock_movements(
+    state: &ApiState,
+    _staff: &Staff,
+    id: &str,
+    request: &Request,
+) -> Result<Response<Body>, ApiError> {
+    let id = path_id(id)?;
+    let page = PageRequest::parse(
+        Listing::StockMovements,
+        query(request, "limit"),
+        query(request, "cursor"),
+    )
+    .map_err(ApiError::Validation)?;
+    let page = store::list_stock_movements(&state.pool, id, page).await?;
+    json_response(200, &page)
 }

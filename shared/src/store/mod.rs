@@ -9,15 +9,15 @@ mod products;
 
 pub use orders::{
     create_order, get_order, list_orders, update_order_status, CreateOrderOutcome, NewOrder,
-    OrderIdempotency,
+    OrderFilter, OrderIdempotency,
 };
 pub use outbox::{lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count};
 pub use outbox::{mark_published_with, SentMessages};
-pub use page::{Listing, Page, PageRequest};
+pub use page::{Listing, Page, PageRequest, Position};
 pub use processing::{apply_order_commands, AppliedBatch, CommandOutcome, OrderCommand};
 pub use products::{
-    adjust_inventory, create_product, get_product, list_products, update_product, NewProduct,
-    ProductPatch,
+    adjust_inventory, create_product, get_product, list_products, list_stock_movements,
+    update_product, NewProduct, ProductPatch, StockMovement, StockMovementDelta,
 };
 
 use deadpool_postgres::PoolError;

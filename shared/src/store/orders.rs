@@ -9,10 +9,12 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::outbox::mark_sent;
-use super::{corrupt, prepared, Listing, Page, PageRequest, SentMessages, Shortage, StoreError};
+use super::{
+    corrupt, prepared, Listing, Page, PageRequest, Position, SentMessages, Shortage, StoreError,
+};
 use crate::domain::{
-    Actor, Currency, CustomerId, IdempotencyKey, Money, Order, OrderId, OrderLine, OrderLines,
-    OrderStatus, ProductId, Quantity, StatusChange,
+    Actor, Caller, Currency, CustomerId, IdempotencyKey, Money, Order, OrderId, OrderLine,
+    OrderLines, OrderStatus, ProductId, Quantity, StatusChange,
 };
 use crate::messaging::OrderEvent;
 
@@ -39,7 +41,8 @@ impl NewOrder {
     }
 }
 
-/// The `Idempotency-Key` of a creation, bound to the request it was first used with.
+/// The `Idempotency-Key` of a creation, bound to the request it was first used with. It
+/// belongs to the caller who sent it: [`create_order`] looks it up under its creator.
 #[derive(Debug, Clone)]
 pub struct OrderIdempotency {
     pub key: IdempotencyKey,
@@ -64,7 +67,8 @@ const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
 
 /// Places an order: reserves stock for every line or for none, snapshots unit prices,
 /// writes the order, its history, ledger and outbox rows (and, with a key, the idempotency
-/// record), all atomically. `sent` is marked by the same statement.
+/// record), all atomically. `sent` is marked by the same statement. `creator` is named on the
+/// order's first history entry and on its reservations, and owns the idempotency key.
 ///
 /// Without an idempotency key the whole order is one statement in its own implicit
 /// transaction ([`PLACE_ONE_LINE_ORDER`] or, for several lines, [`PLACE_ORDER`]): one round
@@ -74,12 +78,13 @@ const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
 pub async fn create_order(
     pool: &Pool,
     new: &NewOrder,
+    creator: &Caller,
     idempotency: Option<&OrderIdempotency>,
     correlation_id: &str,
     sent: &SentMessages,
 ) -> Result<CreateOrderOutcome, StoreError> {
     let mut client = pool.get().await?;
-    let placement = Placement::new(new, correlation_id);
+    let placement = Placement::new(new, creator.subject(), correlation_id);
     for _ in 0..PLACE_ATTEMPTS {
         let attempt = match idempotency {
             None => place_order(&client, &placement, sent)
@@ -116,12 +121,14 @@ async fn create_with_key(
     // One key at a time: a concurrent duplicate waits here and then replays the committed
     // response, so it can never reserve a second time.
     tx.batch_execute(IDEMPOTENCY_WAIT).await?;
+    // The caller's length goes first so that no (caller, key) pair spells another's text.
     let lock = prepared(
         &tx,
-        "SELECT pg_advisory_xact_lock(hashtextextended($1, 7001))",
+        "SELECT pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 7001))",
     )
     .await?;
-    if let Err(e) = tx.execute(&lock, &[&idem.key.as_str()]).await {
+    let caller = placement.by;
+    if let Err(e) = tx.execute(&lock, &[&caller, &idem.key.as_str()]).await {
         return Err(match e.code() {
             Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::RequestInProgress,
             _ => e.into(),
@@ -129,10 +136,14 @@ async fn create_with_key(
     }
     let lookup = prepared(
         &tx,
-        "SELECT fingerprint, order_id, response_body FROM idempotency_keys WHERE key = $1",
+        "SELECT fingerprint, order_id, response_body FROM idempotency_keys
+         WHERE caller = $1 AND key = $2",
     )
     .await?;
-    if let Some(row) = tx.query_opt(&lookup, &[&idem.key.as_str()]).await? {
+    if let Some(row) = tx
+        .query_opt(&lookup, &[&caller, &idem.key.as_str()])
+        .await?
+    {
         let fingerprint: String = row.try_get("fingerprint")?;
         if fingerprint != idem.fingerprint {
             return Err(StoreError::IdempotencyKeyReuse);
@@ -150,8 +161,8 @@ async fn create_with_key(
     if let CreateOrderOutcome::Created { order, body, .. } = &outcome {
         let remember = prepared(
             &tx,
-            "INSERT INTO idempotency_keys (key, fingerprint, order_id, response_body, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO idempotency_keys (caller, key, fingerprint, order_id, response_body, created_at)
+             VALUES ($6, $1, $2, $3, $4, $5)",
         )
         .await?;
         tx.execute(
@@ -162,6 +173,7 @@ async fn create_with_key(
                 &order.id.as_uuid(),
                 body,
                 &order.created_at,
+                &caller,
             ],
         )
         .await?;
@@ -173,6 +185,8 @@ async fn create_with_key(
 /// What an order is decided from, fixed before the statement runs.
 struct Placement<'a> {
     new: &'a NewOrder,
+    /// Who places it: named on its history and reservations.
+    by: &'a str,
     id: OrderId,
     // PostgreSQL keeps microseconds: truncate so the stored response equals a later read.
     now: DateTime<Utc>,
@@ -180,11 +194,12 @@ struct Placement<'a> {
 }
 
 impl<'a> Placement<'a> {
-    fn new(new: &'a NewOrder, correlation_id: &str) -> Self {
+    fn new(new: &'a NewOrder, by: &'a str, correlation_id: &str) -> Self {
         let id = OrderId::generate();
         let now = Utc::now().trunc_subsecs(6);
         Self {
             new,
+            by,
             id,
             now,
             event: OrderEvent::created(id, now, correlation_id),
@@ -243,12 +258,12 @@ const PLACE_ORDER: &str = "WITH lines AS (
          FROM lines l JOIN locked k ON k.id = l.product_id
          WHERE (SELECT placed FROM verdict)
      ), ledger AS (
-         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
-         SELECT product_id, 0, quantity, 'reserve', $1, $4 FROM lines
+         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
+         SELECT product_id, 0, quantity, 'reserve', $1, $4, $10 FROM lines
          WHERE (SELECT placed FROM verdict)
      ), history AS (
-         INSERT INTO order_status_history (order_id, status, at)
-         SELECT $1, 'pending', $4 WHERE (SELECT placed FROM verdict)
+         INSERT INTO order_status_history (order_id, status, at, changed_by)
+         SELECT $1, 'pending', $4, $10 WHERE (SELECT placed FROM verdict)
      ), outbox AS (
          INSERT INTO outbox (message_id, routing_key, payload, created_at)
          SELECT $6, $7, $8, $4 WHERE (SELECT placed FROM verdict)
@@ -287,11 +302,11 @@ const PLACE_ONE_LINE_ORDER: &str = "WITH reserve AS (
          INSERT INTO order_items (order_id, product_id, quantity, unit_price)
          SELECT $1, $2, $3::int, price FROM reserve
      ), ledger AS (
-         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
-         SELECT $2, 0, $3::int, 'reserve', $1, $4 FROM reserve
+         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
+         SELECT $2, 0, $3::int, 'reserve', $1, $4, $10 FROM reserve
      ), history AS (
-         INSERT INTO order_status_history (order_id, status, at)
-         SELECT $1, 'pending', $4 FROM reserve
+         INSERT INTO order_status_history (order_id, status, at, changed_by)
+         SELECT $1, 'pending', $4, $10 FROM reserve
      ), outbox AS (
          INSERT INTO outbox (message_id, routing_key, payload, created_at)
          SELECT $6, $7, $8, $4 FROM reserve
@@ -362,6 +377,7 @@ async fn place_order(
         vec![StatusChange {
             status: OrderStatus::Pending,
             at: placement.now,
+            by: placement.by.to_owned(),
         }],
     )))
 }
@@ -468,6 +484,7 @@ async fn run_placement(
                 &placement.event.routing_key(),
                 &Json(placement.event.to_json()),
                 &sent.ids(),
+                &placement.by,
             ],
         )
         .await?)
@@ -541,7 +558,8 @@ const ORDER_SELECT: &str = "SELECT o.id, o.status, o.currency, o.customer_id, o.
     ARRAY(SELECT quantity FROM order_items i WHERE i.order_id = o.id ORDER BY product_id) AS quantities,
     ARRAY(SELECT unit_price FROM order_items i WHERE i.order_id = o.id ORDER BY product_id) AS unit_prices,
     ARRAY(SELECT status FROM order_status_history h WHERE h.order_id = o.id ORDER BY seq) AS history_statuses,
-    ARRAY(SELECT at FROM order_status_history h WHERE h.order_id = o.id ORDER BY seq) AS history_ats
+    ARRAY(SELECT at FROM order_status_history h WHERE h.order_id = o.id ORDER BY seq) AS history_ats,
+    ARRAY(SELECT changed_by FROM order_status_history h WHERE h.order_id = o.id ORDER BY seq) AS history_bys
   FROM orders o";
 
 fn order_from_row(row: &Row) -> Result<Order, StoreError> {
@@ -566,13 +584,16 @@ fn order_from_row(row: &Row) -> Result<Order, StoreError> {
         .collect::<Result<Vec<_>, StoreError>>()?;
     let statuses: Vec<String> = row.try_get("history_statuses")?;
     let ats: Vec<DateTime<Utc>> = row.try_get("history_ats")?;
+    let bys: Vec<String> = row.try_get("history_bys")?;
     let history = statuses
         .iter()
         .zip(ats)
-        .map(|(status, at)| {
+        .zip(bys)
+        .map(|((status, at), by)| {
             Ok(StatusChange {
                 status: parse_status(status)?,
                 at,
+                by,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -593,57 +614,127 @@ fn parse_status(raw: &str) -> Result<OrderStatus, StoreError> {
     OrderStatus::parse(raw).ok_or_else(|| corrupt("status", raw))
 }
 
-async fn load_order(client: &impl GenericClient, id: OrderId) -> Result<Order, StoreError> {
-    let sql = format!("{ORDER_SELECT} WHERE o.id = $1");
+/// The order, if `viewer` may see it: a customer sees only its own, and anyone else's is
+/// `NotFound`, decided by the statement that reads it.
+async fn load_order(
+    client: &impl GenericClient,
+    viewer: &Caller,
+    id: OrderId,
+) -> Result<Order, StoreError> {
+    let sql =
+        format!("{ORDER_SELECT} WHERE o.id = $1 AND ($2::text IS NULL OR o.customer_id = $2)");
     let statement = prepared(client, &sql).await?;
+    let owner = viewer.own_orders_only().map(CustomerId::as_str);
     let row = client
-        .query_opt(&statement, &[&id.as_uuid()])
+        .query_opt(&statement, &[&id.as_uuid(), &owner])
         .await?
         .ok_or(StoreError::NotFound)?;
     order_from_row(&row)
 }
 
-pub async fn get_order(pool: &Pool, id: OrderId) -> Result<Order, StoreError> {
-    load_order(&pool.get().await?, id).await
+pub async fn get_order(pool: &Pool, viewer: &Caller, id: OrderId) -> Result<Order, StoreError> {
+    load_order(&pool.get().await?, viewer, id).await
 }
 
+/// What `GET /orders` filters on; every part optional, all combinable.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    pub status: Option<OrderStatus>,
+    pub customer: Option<CustomerId>,
+    /// Inclusive.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+/// A page of the orders `viewer` may see that match `filter`, oldest first on
+/// `(created_at, id)`.
+///
+/// The statement is written for the filters present rather than with `$n IS NULL OR …`
+/// arms, so that each combination is planned on its own index (V3 migration): the
+/// `(created_at, id)` keyset is a range on that index, and a deep page costs what the
+/// first does. A customer's own-orders condition is always part of it.
 pub async fn list_orders(
     pool: &Pool,
-    status: Option<OrderStatus>,
+    viewer: &Caller,
+    filter: &OrderFilter,
     page: PageRequest,
 ) -> Result<Page<Order>, StoreError> {
-    let client = pool.get().await?;
+    let customer = match (viewer.own_orders_only(), &filter.customer) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Ok(Page::from_rows(
+                Vec::new(),
+                page,
+                Listing::Orders,
+                |o: &Order| Position::Created(o.created_at, o.id.as_uuid()),
+            ))
+        }
+        (own, asked) => own.or(asked.as_ref()),
+    };
+    let status = filter.status.map(OrderStatus::as_str);
+    let customer = customer.map(CustomerId::as_str);
+    let after = page.after_created();
+    let (after_at, after_id) = (after.map(|a| a.0), after.map(|a| a.1));
+    let limit = page.limit() + 1;
+
+    let mut conditions: Vec<String> = Vec::new();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    if let Some(status) = &status {
+        params.push(status);
+        conditions.push(format!("o.status = ${}", params.len()));
+    }
+    if let Some(customer) = &customer {
+        params.push(customer);
+        conditions.push(format!("o.customer_id = ${}", params.len()));
+    }
+    if let Some(from) = &filter.created_from {
+        params.push(from);
+        conditions.push(format!("o.created_at >= ${}", params.len()));
+    }
+    if let Some(to) = &filter.created_to {
+        params.push(to);
+        conditions.push(format!("o.created_at < ${}", params.len()));
+    }
+    if let (Some(at), Some(id)) = (&after_at, &after_id) {
+        params.push(at);
+        params.push(id);
+        conditions.push(format!(
+            "(o.created_at, o.id) > (${}, ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(&limit);
     let sql = format!(
-        "{ORDER_SELECT}
-         WHERE ($1::text IS NULL OR o.status = $1) AND ($2::uuid IS NULL OR o.id > $2)
-         ORDER BY o.id LIMIT $3"
+        "{ORDER_SELECT} {} ORDER BY o.created_at, o.id LIMIT ${}",
+        if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        },
+        params.len()
     );
-    let rows = client
-        .query(
-            &sql,
-            &[
-                &status.map(OrderStatus::as_str),
-                &page.after(),
-                &(page.limit() + 1),
-            ],
-        )
-        .await?;
+    let client = pool.get().await?;
+    let statement = prepared(&client, &sql).await?;
+    let rows = client.query(&statement, &params).await?;
     let orders = rows
         .iter()
         .map(order_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Page::from_rows(orders, page, Listing::Orders, |o| {
-        o.id.as_uuid()
+        Position::Created(o.created_at, o.id.as_uuid())
     }))
 }
 
 /// Moves an order to `to` if the transition table lets a client do so. Asking for the
 /// current status is a no-op. The order row is locked first, so of two conflicting requests
 /// one wins and the other sees the new status and is refused. The status change, its
-/// history row and its outbox message commit together; stock effects are the processor's.
-/// `sent` is marked in the same transaction unless it fails.
+/// history row (naming `caller`) and its outbox message commit together; stock effects are
+/// the processor's. A customer reaches only its own orders: the locking statement itself
+/// finds no other. `sent` is marked in the same transaction unless it fails.
 pub async fn update_order_status(
     pool: &Pool,
+    caller: &Caller,
     id: OrderId,
     to: OrderStatus,
     correlation_id: &str,
@@ -651,14 +742,21 @@ pub async fn update_order_status(
 ) -> Result<(Order, Option<OrderEvent>), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let lock_order = prepared(&tx, "SELECT status FROM orders WHERE id = $1 FOR UPDATE").await?;
+    let lock_order = prepared(
+        &tx,
+        "SELECT status FROM orders
+         WHERE id = $1 AND ($2::text IS NULL OR customer_id = $2)
+         FOR UPDATE",
+    )
+    .await?;
+    let owner = caller.own_orders_only().map(CustomerId::as_str);
     let row = tx
-        .query_opt(&lock_order, &[&id.as_uuid()])
+        .query_opt(&lock_order, &[&id.as_uuid(), &owner])
         .await?
         .ok_or(StoreError::NotFound)?;
     let from = parse_status(&row.try_get::<_, String>("status")?)?;
     if from == to {
-        let (order, ()) = tokio::try_join!(load_order(&tx, id), mark_sent(&tx, sent))?;
+        let (order, ()) = tokio::try_join!(load_order(&tx, caller, id), mark_sent(&tx, sent))?;
         tx.commit().await?;
         return Ok((order, None));
     }
@@ -676,7 +774,7 @@ pub async fn update_order_status(
         "WITH changed AS (
              UPDATE orders SET status = $2, updated_at = $3 WHERE id = $1
          ), history AS (
-             INSERT INTO order_status_history (order_id, status, at) VALUES ($1, $2, $3)
+             INSERT INTO order_status_history (order_id, status, at, changed_by) VALUES ($1, $2, $3, $7)
          )
          INSERT INTO outbox (message_id, routing_key, payload, created_at) VALUES ($4, $5, $6, $3)",
     )
@@ -691,13 +789,14 @@ pub async fn update_order_status(
                 &event.message_id,
                 &event.routing_key(),
                 &Json(event.to_json()),
+                &caller.subject(),
             ],
         )
         .await
         .map_err(StoreError::from)
     };
     tokio::try_join!(change, mark_sent(&tx, sent))?;
-    let order = load_order(&tx, id).await?;
+    let order = load_order(&tx, caller, id).await?;
     tx.commit().await?;
     Ok((order, Some(event)))
 }

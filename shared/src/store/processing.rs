@@ -278,8 +278,8 @@ pub async fn apply_order_commands(
                                      updated_at = $4
                  FROM changes c WHERE o.id = c.id
              ), history AS (
-                 INSERT INTO order_status_history (order_id, status, at)
-                 SELECT id, status, $4 FROM changes WHERE status IS NOT NULL
+                 INSERT INTO order_status_history (order_id, status, at, changed_by)
+                 SELECT id, status, $4, 'system' FROM changes WHERE status IS NOT NULL
              ), stock AS (
                  UPDATE products p SET inventory = p.inventory + d.inventory,
                                        reserved = p.reserved + d.reserved,
@@ -287,8 +287,14 @@ pub async fn apply_order_commands(
                  FROM unnest($5::uuid[], $6::bigint[], $7::bigint[]) AS d(id, inventory, reserved)
                  WHERE p.id = d.id
              ), ledger AS (
-                 INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at)
-                 SELECT product_id, inventory_delta, reserved_delta, reason, order_id, $4
+                 -- A commit or release names whoever asked for `shipped` or `cancelled`;
+                 -- a rejection's release is the processor's own (no such request).
+                 INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
+                 SELECT product_id, inventory_delta, reserved_delta, reason, order_id, $4,
+                        coalesce((SELECT h.changed_by FROM order_status_history h
+                                  WHERE h.order_id = l.order_id
+                                    AND h.status = CASE l.reason WHEN 'commit' THEN 'shipped' ELSE 'cancelled' END),
+                                 'system')
                  FROM unnest($8::uuid[], $9::bigint[], $10::bigint[], $11::text[], $12::uuid[])
                       AS l(product_id, inventory_delta, reserved_delta, reason, order_id)
              )

@@ -2,10 +2,10 @@ use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
-use super::{corrupt, Listing, Page, PageRequest, Shortage, StoreError};
+use super::{corrupt, prepared, Listing, Page, PageRequest, Position, Shortage, StoreError};
 use crate::domain::{
-    AdjustmentReason, Currency, Description, Money, Product, ProductId, ProductName, Sku,
-    StockDelta,
+    AdjustmentReason, Currency, Description, Money, OrderId, Product, ProductId, ProductName, Sku,
+    Staff, StockDelta,
 };
 
 const COLUMNS: &str =
@@ -52,8 +52,13 @@ pub(crate) fn product_from_row(row: &Row) -> Result<Product, StoreError> {
     })
 }
 
-/// Creates the product and, in the same statement, the ledger entry for its initial stock.
-pub async fn create_product(pool: &Pool, new: &NewProduct) -> Result<Product, StoreError> {
+/// Creates the product and, in the same statement, the ledger entry for its initial stock,
+/// which names the staff member who created it.
+pub async fn create_product(
+    pool: &Pool,
+    new: &NewProduct,
+    by: &Staff,
+) -> Result<Product, StoreError> {
     let client = pool.get().await?;
     let sql = format!(
         "WITH created AS (
@@ -61,8 +66,8 @@ pub async fn create_product(pool: &Pool, new: &NewProduct) -> Result<Product, St
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              RETURNING {COLUMNS}
          ), ledger AS (
-             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason)
-             SELECT id, inventory, 0, 'initial' FROM created WHERE inventory > 0
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, actor)
+             SELECT id, inventory, 0, 'initial', $8 FROM created WHERE inventory > 0
          )
          SELECT {COLUMNS} FROM created"
     );
@@ -77,6 +82,7 @@ pub async fn create_product(pool: &Pool, new: &NewProduct) -> Result<Product, St
                 &new.price.as_decimal(),
                 &new.currency.as_str(),
                 &new.inventory,
+                &by.subject(),
             ],
         )
         .await;
@@ -105,14 +111,14 @@ pub async fn list_products(pool: &Pool, page: PageRequest) -> Result<Page<Produc
          ORDER BY id LIMIT $2"
     );
     let rows = client
-        .query(&sql, &[&page.after(), &(page.limit() + 1)])
+        .query(&sql, &[&page.after_id(), &(page.limit() + 1)])
         .await?;
     let products = rows
         .iter()
         .map(product_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Page::from_rows(products, page, Listing::Products, |p| {
-        p.id.as_uuid()
+        Position::Id(p.id.as_uuid())
     }))
 }
 
@@ -160,6 +166,7 @@ pub async fn adjust_inventory(
     id: ProductId,
     delta: StockDelta,
     reason: &AdjustmentReason,
+    by: &Staff,
 ) -> Result<Product, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -185,15 +192,98 @@ pub async fn adjust_inventory(
              WHERE id = $1
              RETURNING {COLUMNS}
          ), ledger AS (
-             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, note)
-             SELECT id, $2, 0, 'adjustment', $3 FROM adjusted
+             INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, note, actor)
+             SELECT id, $2, 0, 'adjustment', $3, $4 FROM adjusted
          )
          SELECT {COLUMNS} FROM adjusted"
     );
     let row = tx
-        .query_one(&sql, &[&id.as_uuid(), &delta.get(), &reason.as_str()])
+        .query_one(
+            &sql,
+            &[&id.as_uuid(), &delta.get(), &reason.as_str(), &by.subject()],
+        )
         .await?;
     let product = product_from_row(&row)?;
     tx.commit().await?;
     Ok(product)
+}
+
+/// One entry of a product's inventory ledger (`GET /products/{id}/stock-movements`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StockMovement {
+    #[serde(skip)]
+    seq: i64,
+    pub delta: StockMovementDelta,
+    /// `initial`, `adjustment`, `reserve`, `commit` or `release`.
+    pub reason: String,
+    pub order_id: Option<OrderId>,
+    pub adjustment_reason: Option<String>,
+    pub by: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StockMovementDelta {
+    pub inventory: i64,
+    pub reserved: i64,
+}
+
+/// A product's ledger, oldest first, a page at a time; `NotFound` when there is no such
+/// product (a product without stock has an empty ledger). One statement: the product row
+/// tells the two apart, the ledger's `(product_id, seq)` index serves the page.
+pub async fn list_stock_movements(
+    pool: &Pool,
+    id: ProductId,
+    page: PageRequest,
+) -> Result<Page<StockMovement>, StoreError> {
+    let client = pool.get().await?;
+    let statement = prepared(
+        &client,
+        "SELECT l.seq, l.inventory_delta, l.reserved_delta, l.reason, l.order_id, l.note, l.actor, l.at
+         FROM products p
+         LEFT JOIN LATERAL (
+             SELECT * FROM inventory_ledger l
+             WHERE l.product_id = p.id AND ($2::bigint IS NULL OR l.seq > $2)
+             ORDER BY l.seq LIMIT $3
+         ) l ON true
+         WHERE p.id = $1
+         ORDER BY l.seq",
+    )
+    .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[&id.as_uuid(), &page.after_seq(), &(page.limit() + 1)],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(StoreError::NotFound);
+    }
+    let mut movements = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(seq) = row.try_get::<_, Option<i64>>("seq")? else {
+            continue;
+        };
+        movements.push(StockMovement {
+            seq,
+            delta: StockMovementDelta {
+                inventory: row.try_get("inventory_delta")?,
+                reserved: row.try_get("reserved_delta")?,
+            },
+            reason: row.try_get("reason")?,
+            order_id: row
+                .try_get::<_, Option<uuid::Uuid>>("order_id")?
+                .map(OrderId::from_uuid),
+            adjustment_reason: row.try_get("note")?,
+            by: row.try_get("actor")?,
+            at: row.try_get("at")?,
+        });
+    }
+    Ok(Page::from_rows(
+        movements,
+        page,
+        Listing::StockMovements,
+        |m| Position::Seq(m.seq),
+    ))
 }
