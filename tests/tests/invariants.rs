@@ -1,9 +1,10 @@
 //! INVARIANTS.md after a random concurrent workload: orders, cancels, shipments, deliveries
 //! and stock adjustments racing each other and the processor, through the real handlers,
-//! PostgreSQL and RabbitMQ.
+//! PostgreSQL and RabbitMQ, by customers and staff at once — customers also trying to read,
+//! list and change each other's orders.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -54,14 +55,55 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
         })
     };
 
+    // Every placed order and its customer, for others to try their hands on.
+    let placed: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    // Clients 0–5 are customers, 6 and 7 staff.
     let clients = (0..8u64).map(|client| {
         let h = h.clone();
         let products = products.clone();
+        let placed = placed.clone();
         tokio::spawn(async move {
             let mut rng =
                 XorShift(seed.wrapping_add(client.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
+            let me = format!("cust-{client}");
+            let is_staff = client >= 6;
+            let api = if is_staff {
+                h.api.as_staff(&format!("staff-{client}"))
+            } else {
+                h.api.as_customer(&me)
+            };
             let mut mine: Vec<String> = Vec::new();
             for _ in 0..40 {
+                if !is_staff && rng.next(4) == 0 {
+                    // Someone else's order: invisible and untouchable, whatever is asked.
+                    let other = {
+                        let placed = placed.lock().unwrap();
+                        let others: Vec<_> = placed.iter().filter(|(_, c)| *c != me).collect();
+                        (!others.is_empty())
+                            .then(|| others[rng.next(others.len() as u64) as usize].0.clone())
+                    };
+                    if let Some(other) = other {
+                        let read = api.get(&format!("/orders/{other}")).await;
+                        assert_eq!(read.status, 404, "{me} read {other}: {}", read.body);
+                        let cancel = api
+                            .patch(
+                                &format!("/orders/{other}/status"),
+                                json!({"status": "cancelled"}),
+                            )
+                            .await;
+                        assert_eq!(
+                            cancel.status, 404,
+                            "{me} cancelled {other}: {}",
+                            cancel.body
+                        );
+                    }
+                    let list = api.get("/orders?limit=200").await;
+                    assert_eq!(list.status, 200, "{}", list.body);
+                    for order in list.body["items"].as_array().unwrap() {
+                        assert_eq!(order["customerId"], me.as_str(), "{me} listed {order}");
+                    }
+                    continue;
+                }
                 match rng.next(10) {
                     0..=4 => {
                         let lines: Vec<(&str, u32)> = (0..=rng.next(3))
@@ -72,21 +114,40 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
                                 )
                             })
                             .collect();
-                        let response = h.api.order(&lines).await;
+                        let response = api.order(&lines).await;
                         assert!(
                             response.status == 201 || response.status == 409,
                             "{}",
                             response.body
                         );
                         if response.status == 201 {
-                            mine.push(response.body["id"].as_str().unwrap().to_owned());
+                            let id = response.body["id"].as_str().unwrap().to_owned();
+                            let customer = response.body["customerId"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned();
+                            assert_eq!(customer, if is_staff { "" } else { me.as_str() });
+                            placed.lock().unwrap().push((id.clone(), customer));
+                            mine.push(id);
                         }
                     }
-                    5..=8 if !mine.is_empty() => {
-                        let order = &mine[rng.next(mine.len() as u64) as usize];
-                        let status = ["cancelled", "shipped", "delivered"][rng.next(3) as usize];
-                        let response = h
-                            .api
+                    5..=8 if !mine.is_empty() || is_staff => {
+                        // Staff move anyone's orders; a customer only cancels its own.
+                        let order = if is_staff {
+                            let placed = placed.lock().unwrap();
+                            if placed.is_empty() {
+                                continue;
+                            }
+                            placed[rng.next(placed.len() as u64) as usize].0.clone()
+                        } else {
+                            mine[rng.next(mine.len() as u64) as usize].clone()
+                        };
+                        let status = if is_staff {
+                            ["cancelled", "shipped", "delivered"][rng.next(3) as usize]
+                        } else {
+                            "cancelled"
+                        };
+                        let response = api
                             .patch(
                                 &format!("/orders/{order}/status"),
                                 json!({"status": status}),
@@ -102,18 +163,14 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
                         let product = &products[rng.next(5) as usize];
                         let delta = rng.next(11) as i64 - 5;
                         if delta != 0 {
-                            let response = h
-                                .api
+                            let response = api
                                 .post(
                                     &format!("/products/{product}/inventory-adjustments"),
                                     json!({"delta": delta, "reason": "count"}),
                                 )
                                 .await;
-                            assert!(
-                                response.status == 200 || response.status == 409,
-                                "{}",
-                                response.body
-                            );
+                            let expected: &[u16] = if is_staff { &[200, 409] } else { &[403] };
+                            assert!(expected.contains(&response.status), "{}", response.body);
                         }
                     }
                 }
@@ -178,6 +235,43 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
             .await,
         0
     );
+    // 7: no customer changed another's order; every change and stock movement names who
+    // asked for it: the placer reserves, the one who shipped or cancelled commits or
+    // releases, the processor processes, rejects and releases a rejection.
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM order_status_history h JOIN orders o ON o.id = h.order_id
+             WHERE h.changed_by LIKE 'cust-%' AND h.changed_by IS DISTINCT FROM o.customer_id"
+        )
+        .await,
+        0,
+        "a customer changed someone else's order"
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM order_status_history h JOIN orders o ON o.id = h.order_id
+             WHERE (h.status IN ('processed', 'rejected')) <> (h.changed_by = 'system')
+                OR (h.status = 'pending' AND h.changed_by <> coalesce(o.customer_id, h.changed_by))
+                OR (h.status IN ('shipped', 'delivered') AND h.changed_by NOT LIKE 'staff-%')"
+        )
+        .await,
+        0,
+        "a status change names the wrong actor"
+    );
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM inventory_ledger l JOIN orders o ON o.id = l.order_id
+             WHERE l.actor IS DISTINCT FROM CASE l.reason
+                 WHEN 'reserve' THEN (SELECT changed_by FROM order_status_history h WHERE h.order_id = o.id AND h.status = 'pending')
+                 WHEN 'commit' THEN (SELECT changed_by FROM order_status_history h WHERE h.order_id = o.id AND h.status = 'shipped')
+                 ELSE coalesce((SELECT changed_by FROM order_status_history h WHERE h.order_id = o.id AND h.status = 'cancelled'), 'system')
+               END"
+        )
+        .await,
+        0,
+        "a ledger entry names the wrong actor"
+    );
+
     // 5 and 10: one outbox message per status change, all published, none parked.
     h.mark_confirmed().await;
     assert_eq!(

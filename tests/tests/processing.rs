@@ -428,6 +428,21 @@ async fn an_order_that_cannot_be_fulfilled_is_rejected_and_its_stock_released() 
     assert_eq!(summary.applied, 1);
     assert_eq!(h.order_status(&order).await, "rejected");
     assert_eq!(h.api.stock(&product).await, (10, 0));
+    // Nobody asked for the rejection or its release: both are the processor's own.
+    let read = h.api.get(&format!("/orders/{order}")).await.body;
+    assert_eq!(read["statusHistory"][1]["status"], "rejected");
+    assert_eq!(read["statusHistory"][1]["by"], "system");
+    let actor: String =
+        h.db.client()
+            .await
+            .query_one(
+                "SELECT actor FROM inventory_ledger WHERE reason = 'release'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(actor, "system");
 }
 
 #[tokio::test]
