@@ -8,8 +8,8 @@ mod processing;
 mod products;
 
 pub use orders::{
-    create_order, get_order, list_orders, update_order_status, CreateOrderOutcome, NewOrder,
-    OrderFilter, OrderIdempotency,
+    create_order, explain_list_orders, get_order, list_orders, update_order_status,
+    CreateOrderOutcome, NewOrder, OrderFilter, OrderIdempotency,
 };
 pub use outbox::{lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count};
 pub use outbox::{mark_published_with, SentMessages};
