@@ -192,7 +192,7 @@ async fn a_customer_orders_for_itself_and_sees_only_its_own_orders() {
         .iter()
         .map(id)
         .collect::<Vec<_>>();
-    assert_eq!(alices, [shop.alices_order.clone()]);
+    assert_eq!(alices, std::slice::from_ref(&shop.alices_order));
 }
 
 #[tokio::test]
