@@ -33,7 +33,8 @@ impl StockDelta {
     pub fn parse_number(literal: &str) -> Result<Self, &'static str> {
         const RULE: &str = "must be a non-zero integer between -1000000000 and 1000000000";
         let value: i64 = literal.parse().map_err(|_| RULE)?;
-        if value == 0 || value.abs() > Self::LIMIT {
+        // A range, not `abs()`: the most negative i64 has no absolute value.
+        if value == 0 || !(-Self::LIMIT..=Self::LIMIT).contains(&value) {
             return Err(RULE);
         }
         Ok(Self(value))
@@ -41,5 +42,26 @@ impl StockDelta {
 
     pub fn get(self) -> i64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_are_bounded_at_both_ends_of_i64() {
+        for bad in [
+            "0",
+            "-9223372036854775808",
+            "9223372036854775807",
+            "1000000001",
+        ] {
+            assert!(StockDelta::parse_number(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            StockDelta::parse_number("-1000000000").unwrap().get(),
+            -1_000_000_000
+        );
     }
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     Caller, CustomerId, FieldError, IdempotencyKey, OrderId, OrderLines, OrderStatus, ProductId,
-    Quantity,
+    Quantity, MAX_ORDER_LINES,
 };
 use crate::store::{
     self, CreateOrderOutcome, Listing, NewOrder, OrderFilter, OrderIdempotency, PageRequest,
@@ -81,6 +81,11 @@ fn parse_new_order(request: &Request) -> Result<NewOrder, ApiError> {
                 }
             }
             let count = items.len();
+            // Counted before any line is read: a body of thousands of empty lines gets one
+            // error, not two per line.
+            if count == 0 || count > MAX_ORDER_LINES {
+                return Err(ApiError::validation("items", "must have 1 to 50 lines"));
+            }
             for mut item in items {
                 let line = read_line(&mut item, &mut errors)?;
                 item.finish(&mut errors);

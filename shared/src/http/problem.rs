@@ -79,6 +79,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Most field errors one validation problem lists.
+const MAX_LISTED_ERRORS: usize = 20;
+
 /// Seconds a client should wait before retrying when the database is away.
 const RETRY_AFTER_SECONDS: &str = "2";
 
@@ -93,8 +96,14 @@ impl ApiError {
                 detail.clone(),
             ),
             ApiError::Validation(errors) => {
-                extra.insert("errors".into(), json!(errors));
-                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                // The answer stays small whatever the request held: the first errors by
+                // name, and how many more there were.
+                let listed = &errors[..errors.len().min(MAX_LISTED_ERRORS)];
+                extra.insert("errors".into(), json!(listed));
+                if errors.len() > listed.len() {
+                    extra.insert("moreErrors".into(), json!(errors.len() - listed.len()));
+                }
+                let fields: Vec<&str> = listed.iter().map(|e| e.field.as_str()).collect();
                 (
                     422,
                     "validation",
