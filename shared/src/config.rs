@@ -140,6 +140,12 @@ pub struct DatabaseConfig {
     /// `DATABASE_TIMEOUT_MS`, default 3000: how long to wait to connect or for a pooled
     /// connection before answering 503 rather than hanging until Lambda's timeout.
     pub timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`, default 4000 for the functions: the longest any one
+    /// statement, lock waits included, may run before PostgreSQL cancels it (and its
+    /// transaction), so that nothing commits after the caller was answered — checkout,
+    /// one long wait and the commit stay under the HTTP functions' 10 s. `None` (set-up,
+    /// tests, bench seeding) leaves the server's default.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -178,6 +184,11 @@ impl DatabaseConfig {
             .filter(|path| !path.trim().is_empty())
             .map(PathBuf::from);
         config.timeout = Duration::from_millis(optional("DATABASE_TIMEOUT_MS", 3000u64)?);
+        config.statement_timeout = Some(Duration::from_millis(optional(
+            "DATABASE_STATEMENT_TIMEOUT_MS",
+            4000u64,
+        )?))
+        .filter(|t| !t.is_zero());
         Ok(config)
     }
 
@@ -193,6 +204,7 @@ impl DatabaseConfig {
             pool_size: 1,
             ca_file: None,
             timeout: Duration::from_secs(3),
+            statement_timeout: None,
         })
     }
 }

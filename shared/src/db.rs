@@ -19,6 +19,20 @@ mod embedded {
 pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
     let mut connect = config.connect.clone();
     connect.connect_timeout(config.timeout);
+    if let Some(limit) = config.statement_timeout {
+        // Startup parameters, not `SET`: every session starts bounded and no statement
+        // changes session state. A lock wait is bounded by the same limit.
+        let ms = limit.as_millis();
+        let bounded = format!(
+            "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
+            ms * 2
+        );
+        let options = match connect.get_options() {
+            Some(existing) if !existing.is_empty() => format!("{existing} {bounded}"),
+            _ => bounded,
+        };
+        connect.options(&options);
+    }
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };

@@ -27,7 +27,10 @@ pub struct SetupReport {
 
 /// Applies pending migrations, then declares the exchange and queues.
 pub async fn set_up() -> Result<SetupReport, SetupError> {
-    let pool = build_pool(&DatabaseConfig::load().await?)?;
+    let mut config = DatabaseConfig::load().await?;
+    // Migrations may build indexes on large tables: they run as long as they need.
+    config.statement_timeout = None;
+    let pool = build_pool(&config)?;
     let applied_migrations = migrate(&pool).await?;
     let broker = Broker::new(BrokerConfig::load().await?);
     let topology = Topology::new(broker.config());

@@ -17,6 +17,16 @@ impl TestDb {
 
     /// `pool_size` connections: concurrency tests need several so transactions really overlap.
     pub async fn with_pool_size(pool_size: usize) -> Self {
+        Self::with_config(pool_size, None).await
+    }
+
+    /// A pool whose sessions are bounded as the functions' are (`DATABASE_STATEMENT_TIMEOUT_MS`),
+    /// with a short bound so that a test can wait it out.
+    pub async fn with_statement_timeout(limit: std::time::Duration) -> Self {
+        Self::with_config(16, Some(limit)).await
+    }
+
+    async fn with_config(pool_size: usize, statement_timeout: Option<std::time::Duration>) -> Self {
         let name = format!("oms_test_{}", crate::unique_suffix());
         let admin_url = crate::admin_database_url();
         let (client, connection) = tokio_postgres::connect(&admin_url, NoTls)
@@ -33,10 +43,11 @@ impl TestDb {
         let mut db_config = DatabaseConfig::from_url(&url).expect("test database url");
         db_config.pool_size = pool_size;
         db_config.timeout = std::time::Duration::from_secs(20);
-        let pool = build_pool(&db_config).expect("pool");
-        migrate(&pool)
+        migrate(&build_pool(&db_config).expect("pool"))
             .await
             .expect("migrations apply to a fresh database");
+        db_config.statement_timeout = statement_timeout;
+        let pool = build_pool(&db_config).expect("pool");
         Self { pool, name, url }
     }
 

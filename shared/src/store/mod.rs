@@ -75,7 +75,7 @@ impl StoreError {
 /// from PostgreSQL is a bug of ours (500).
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        if is_connection_failure(&error) {
+        if is_connection_failure(&error) || is_timeout(&error) {
             StoreError::Unavailable(Box::new(error))
         } else {
             StoreError::Database(error)
@@ -90,6 +90,14 @@ impl From<PoolError> for StoreError {
             other => StoreError::Unavailable(Box::new(other)),
         }
     }
+}
+
+/// A statement or lock wait that ran out of its bound (the session's `statement_timeout`
+/// or `lock_timeout`): PostgreSQL undid the transaction, and a retry may well succeed.
+fn is_timeout(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE
+    })
 }
 
 fn is_connection_failure(error: &tokio_postgres::Error) -> bool {
