@@ -5,6 +5,9 @@ use shared::messaging::{Broker, Topology};
 pub struct TestBroker {
     pub config: BrokerConfig,
     pub topology: Topology,
+    /// A queue of the test's own bound to every event (`order.#`), as any consumer may bind
+    /// one, to see what was published.
+    pub observer: String,
 }
 
 impl TestBroker {
@@ -21,8 +24,32 @@ impl TestBroker {
             .declare(&broker)
             .await
             .expect("RabbitMQ must run on 127.0.0.1:5672 (see README)");
+        let observer = format!("{}observer", config.queue_prefix);
+        let channel = broker.channel().await.expect("channel");
+        channel
+            .queue_declare(
+                observer.as_str().into(),
+                lapin::options::QueueDeclareOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("declare the observer queue");
+        channel
+            .queue_bind(
+                observer.as_str().into(),
+                config.exchange.as_str().into(),
+                "order.#".into(),
+                lapin::options::QueueBindOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("bind the observer queue");
         broker.reset().await;
-        Self { config, topology }
+        Self {
+            config,
+            topology,
+            observer,
+        }
     }
 
     pub fn broker(&self) -> Broker {
@@ -34,8 +61,17 @@ impl Drop for TestBroker {
     fn drop(&mut self) {
         let config = self.config.clone();
         let topology = self.topology.clone();
+        let observer = self.observer.clone();
         crate::clean_up(move || async move {
             let broker = Broker::new(config);
+            if let Ok(channel) = broker.channel().await {
+                let _ = channel
+                    .queue_delete(
+                        observer.as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await;
+            }
             let _ = topology.delete(&broker).await;
             broker.reset().await;
         });
@@ -166,11 +202,11 @@ pub fn rabbitmq_event_json(queue: &str, messages: &[EventMessage]) -> Value {
 }
 
 impl TestBroker {
-    /// Empties the processor's queue and the audit tail, as their consumers would keep them.
+    /// Empties the processor's queue and the observer, as their consumers would keep them.
     pub async fn purge(&self) {
         let broker = self.broker();
         let channel = broker.channel().await.expect("channel");
-        for queue in [&self.topology.queue, &self.topology.audit_queue] {
+        for queue in [&self.topology.queue, &self.observer] {
             channel
                 .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
                 .await

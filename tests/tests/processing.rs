@@ -87,8 +87,9 @@ async fn created_orders_flow_through_rabbitmq_to_processed() {
     assert_eq!(h.order_status(&order).await, "processed");
     let history = h.api.get(&format!("/orders/{order}")).await.body["statusHistory"].clone();
     assert_eq!(history.as_array().unwrap().len(), 2);
-    // The processor's own event went out (to the audit tail), not back to its queue.
-    let audit = h.broker.drain(&h.broker.topology.audit_queue).await;
+    // The processor's own event went out (an `order.#` consumer sees it), not back to its
+    // queue.
+    let audit = h.broker.drain(&h.broker.observer).await;
     let keys: Vec<String> = audit
         .iter()
         .map(|(data, _)| {
@@ -507,4 +508,59 @@ async fn amazon_mq_nulls_and_unreadable_messages_never_fail_the_good_ones() {
     assert!(parked
         .iter()
         .any(|(_, p)| header_string(p, "header1").as_deref() == Some("value1")));
+}
+
+#[tokio::test]
+async fn every_routing_key_reaches_a_queue_and_nothing_piles_up_unread() {
+    use lapin::options::QueueDeclareOptions;
+    let h = Harness::new().await;
+    // An event no consumer binds (the processor's own `processed`): routed, so confirmed.
+    let event = shared::messaging::OrderEvent::status_changed(
+        shared::domain::OrderId::generate(),
+        shared::domain::OrderStatus::Processed,
+        chrono::Utc::now(),
+        "sink-test",
+    );
+    h.publisher()
+        .publish(&[event])
+        .await
+        .expect("a routed publish is confirmed");
+    let broker = h.broker.broker();
+    let channel = broker.channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let sink = channel
+        .queue_declare(
+            h.broker.topology.sink_queue.as_str().into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("the sink exists");
+    assert_eq!(sink.message_count(), 0, "the sink keeps nothing");
+    // The retained tail it replaces, left by an earlier version, is gone once the topology
+    // is declared again (as every deploy does).
+    let legacy = format!("{}.audit", h.broker.topology.queue);
+    channel
+        .queue_declare(
+            legacy.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    h.broker.topology.declare(&broker).await.unwrap();
+    let gone = channel
+        .queue_declare(
+            legacy.as_str().into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    assert!(gone.is_err(), "{legacy} still exists");
 }

@@ -269,10 +269,20 @@ pub async fn serve(endpoints: &'static [Endpoint]) -> Result<(), lambda_http::Er
     crate::telemetry::init();
     let state = ApiState::load().await?;
     let state = &state;
-    lambda_http::run(lambda_http::service_fn(move |request| async move {
+    // Connect to the broker while the first request is on its way, so that sending its
+    // events fits the send budget; a broker that is away only logs here.
+    let warm_up = async {
+        if let Some(publisher) = &state.publisher {
+            if let Err(e) = publisher.broker().channel().await {
+                tracing::warn!(error = %crate::telemetry::error_chain(&e), "broker not reachable yet");
+            }
+        }
+    };
+    let serve = lambda_http::run(lambda_http::service_fn(move |request| async move {
         Ok::<_, std::convert::Infallible>(handle(state, endpoints, request).await)
-    }))
-    .await
+    }));
+    let ((), served) = tokio::join!(warm_up, serve);
+    served
 }
 
 #[cfg(test)]

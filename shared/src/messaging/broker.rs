@@ -17,6 +17,9 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(12);
 /// How long a broker that failed is left alone before the next attempt.
 const COOL_DOWN: Duration = Duration::from_secs(5);
 
+/// How long closing a connection may take; a blocked or dead broker may never answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot reach the broker")]
@@ -31,6 +34,9 @@ pub enum BrokerError {
     Unroutable(String),
     #[error("the broker failed within the last {0:?}; not trying again yet")]
     CoolingDown(Duration),
+    /// A memory or disk alarm: the broker reads nothing from publishers until it clears.
+    #[error("the broker blocked publishing ({0})")]
+    Blocked(String),
 }
 
 impl BrokerError {
@@ -40,6 +46,12 @@ impl BrokerError {
             self,
             BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::Refused(_)
         )
+    }
+
+    /// The broker cannot take messages now, for a while: leave it alone (cool down)
+    /// rather than have every caller wait for it.
+    pub fn is_outage(&self) -> bool {
+        self.is_connection_failure() || matches!(self, BrokerError::Blocked(_))
     }
 }
 
@@ -98,6 +110,10 @@ impl Broker {
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         let mut guard = self.channel.lock().await;
         if let Some((connection, channel)) = guard.as_ref() {
+            if connection.status().blocked() {
+                // A new connection would be blocked at its first publish as well.
+                return Err(BrokerError::Blocked("connection.blocked".into()));
+            }
             if connection.status().connected() && channel.status().connected() {
                 return Ok(channel.clone());
             }
@@ -124,11 +140,21 @@ impl Broker {
         Ok(channel)
     }
 
-    /// Forgets the connection so the next call reconnects (after an error on it).
+    /// Forgets the connection so the next call reconnects (after an error on it). Closing
+    /// is polite, not needed: it gets a short bound.
     pub async fn reset(&self) {
-        if let Some((connection, _)) = self.channel.lock().await.take() {
-            let _ = connection.close(200, "reset".into()).await;
+        let taken = self.channel.lock().await.take();
+        if let Some((connection, _)) = taken {
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "reset".into())).await;
         }
+    }
+
+    /// Counts the broker as down for [`COOL_DOWN`]: callers skip it and leave their
+    /// messages to the outbox relay.
+    pub fn cool_down(&self) {
+        *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Instant::now() + COOL_DOWN);
     }
 
     /// Publishes every message, pipelined, and returns once the broker confirmed them all.
@@ -180,12 +206,8 @@ impl Broker {
         {
             result = self.attempt(&operation).await;
         }
-        if result
-            .as_ref()
-            .is_err_and(BrokerError::is_connection_failure)
-        {
-            *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Instant::now() + COOL_DOWN);
+        if result.as_ref().is_err_and(BrokerError::is_outage) {
+            self.cool_down();
         } else if result.is_ok() {
             *self.down_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }

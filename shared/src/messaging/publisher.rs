@@ -18,6 +18,11 @@ use crate::telemetry::error_chain;
 /// the same row.
 pub const MARK_WINDOW: Duration = Duration::from_secs(20);
 
+/// How long a request may spend handing its committed events to the broker before it
+/// answers anyway. Writing to a healthy broker takes well under a millisecond; a blocked
+/// one (memory or disk alarm) reads nothing, and the events are safe in the outbox.
+pub const SEND_BUDGET: Duration = Duration::from_millis(150);
+
 /// Publishes order events from the outbox to the `orders` exchange.
 ///
 /// Events written by a request are sent right after its commit, but the request does not
@@ -75,12 +80,22 @@ impl Publisher {
     /// once the broker confirms each, keeps its id to be marked sent. Failure here loses
     /// nothing — the rows stay unsent and the outbox relay publishes them — so it is logged,
     /// not returned.
+    ///
+    /// Sending gets [`SEND_BUDGET`]: past it the caller answers without it, the broker
+    /// counts as down for a while so the next callers do not wait for it either, and the
+    /// relay publishes the rows.
     pub async fn publish_committed(&self, events: &[OrderEvent]) {
         let messages: Vec<Outgoing> = events.iter().map(|e| self.outgoing(e)).collect();
-        let confirms = match self.broker.send(&messages).await {
-            Ok(confirms) => confirms,
-            Err(e) => {
+        let sent = tokio::time::timeout(SEND_BUDGET, self.broker.send(&messages)).await;
+        let confirms = match sent {
+            Ok(Ok(confirms)) => confirms,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %error_chain(&e), "publish failed; the outbox relay will retry");
+                return;
+            }
+            Err(_) => {
+                self.broker.cool_down();
+                tracing::warn!(budget = ?SEND_BUDGET, "the broker did not take the events in time; the outbox relay will publish them");
                 return;
             }
         };

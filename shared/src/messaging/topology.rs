@@ -42,14 +42,15 @@ pub struct Topology {
     pub retry_queues: Vec<(String, Duration)>,
     /// Where messages that can never succeed are parked with their reason.
     pub dead_letter_queue: String,
-    /// A bounded tail of every event (`order.#`), so every routing key has a queue and an
-    /// unroutable publish means a missing topology, not a normal case.
-    pub audit_queue: String,
+    /// Bound to every event (`order.#`) and keeping none (TTL 0), so every routing key has
+    /// a queue and an unroutable publish means a missing topology, not a normal case —
+    /// without holding a message nobody reads: a tail that kept them grew large enough to
+    /// raise the broker's memory alarm, which blocks every publisher. Consumers that want
+    /// every event bind a queue of their own.
+    pub sink_queue: String,
+    /// The unread tail that the sink replaces; removed when the topology is declared.
+    legacy_audit_queue: String,
 }
-
-/// Keep a week of events, at most a million, in the audit tail.
-const AUDIT_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
-const AUDIT_MAX_LENGTH: i64 = 1_000_000;
 
 impl Topology {
     pub fn new(config: &BrokerConfig) -> Self {
@@ -62,7 +63,8 @@ impl Topology {
                 .map(|delay| (format!("{queue}.retry.{}s", delay.as_secs()), *delay))
                 .collect(),
             dead_letter_queue: format!("{queue}.dlq"),
-            audit_queue: format!("{queue}.audit"),
+            sink_queue: format!("{queue}.sink"),
+            legacy_audit_queue: format!("{queue}.audit"),
             queue,
         }
     }
@@ -136,26 +138,32 @@ impl Topology {
             )
             .await
             .map_err(BrokerError::Refused)?;
-        let mut audit = FieldTable::default();
-        audit.insert(
+        // A message routed here expires at once: routed (so confirmed, not returned), kept
+        // nowhere.
+        let mut sink = FieldTable::default();
+        sink.insert(
             ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(AUDIT_TTL_MS),
-        );
-        audit.insert(
-            ShortString::from("x-max-length"),
-            AMQPValue::LongLongInt(AUDIT_MAX_LENGTH),
+            AMQPValue::LongLongInt(0),
         );
         channel
-            .queue_declare(self.audit_queue.as_str().into(), durable, audit)
+            .queue_declare(self.sink_queue.as_str().into(), durable, sink)
             .await
             .map_err(BrokerError::Refused)?;
         channel
             .queue_bind(
-                self.audit_queue.as_str().into(),
+                self.sink_queue.as_str().into(),
                 self.exchange.as_str().into(),
                 "order.#".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::Refused)?;
+        // Deleting a queue that does not exist succeeds, so this is safe on every declare.
+        channel
+            .queue_delete(
+                self.legacy_audit_queue.as_str().into(),
+                QueueDeleteOptions::default(),
             )
             .await
             .map_err(BrokerError::Refused)?;
@@ -165,7 +173,7 @@ impl Topology {
     /// Removes everything `declare` made; tests call it to leave nothing behind.
     pub async fn delete(&self, broker: &Broker) -> Result<(), BrokerError> {
         let channel = broker.channel().await?;
-        let queues = [&self.queue, &self.dead_letter_queue, &self.audit_queue]
+        let queues = [&self.queue, &self.dead_letter_queue, &self.sink_queue]
             .into_iter()
             .chain(self.retry_queues.iter().map(|(name, _)| name));
         for queue in queues {
