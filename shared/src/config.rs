@@ -218,6 +218,40 @@ pub struct BrokerConfig {
     pub exchange: String,
     /// `AMQP_QUEUE_PREFIX`, default empty: tests prefix every queue to own their names.
     pub queue_prefix: String,
+    /// `AMQP_RETRY_DELAYS`, seconds separated by commas, default `1,10,60,600`: the delays
+    /// before a failed message's next attempts, one delay queue each. Tests shorten them.
+    pub retry_delays: Vec<Duration>,
+}
+
+/// About a second growing to about ten minutes (API.md, Messages).
+pub const DEFAULT_RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+    Duration::from_secs(600),
+];
+
+/// Reads `AMQP_RETRY_DELAYS`: positive seconds, at least one, in growing order.
+fn parse_retry_delays(raw: &str) -> Result<Vec<Duration>, ConfigError> {
+    let malformed = |reason: &str| ConfigError::Malformed {
+        name: "AMQP_RETRY_DELAYS",
+        reason: reason.to_owned(),
+    };
+    let delays = raw
+        .split(',')
+        .map(|part| {
+            part.trim()
+                .parse::<f64>()
+                .ok()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .filter(|d| d.as_millis() >= 1)
+                .ok_or_else(|| malformed("must be positive seconds separated by commas"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !delays.windows(2).all(|w| w[0] < w[1]) {
+        return Err(malformed("delays must grow"));
+    }
+    Ok(delays)
 }
 
 impl std::fmt::Debug for BrokerConfig {
@@ -244,10 +278,15 @@ impl BrokerConfig {
                 amqp_url_from_secret(&secret, &endpoint, &optional("AMQP_VHOST", "/".to_owned())?)?
             }
         };
+        let retry_delays = match std::env::var("AMQP_RETRY_DELAYS") {
+            Ok(raw) if !raw.trim().is_empty() => parse_retry_delays(&raw)?,
+            _ => DEFAULT_RETRY_DELAYS.to_vec(),
+        };
         Ok(Self {
             url,
             exchange: optional("AMQP_EXCHANGE", "orders".to_owned())?,
             queue_prefix: optional("AMQP_QUEUE_PREFIX", String::new())?,
+            retry_delays,
         })
     }
 }
@@ -255,6 +294,21 @@ impl BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delays_are_growing_positive_seconds() {
+        assert_eq!(
+            parse_retry_delays("0.05, 0.1,2").unwrap(),
+            [
+                Duration::from_millis(50),
+                Duration::from_millis(100),
+                Duration::from_secs(2)
+            ]
+        );
+        for bad in ["", "0", "-1", "10,1", "1,,2", "soon"] {
+            assert!(parse_retry_delays(bad).is_err(), "{bad:?}");
+        }
+    }
 
     fn secret(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
         json.as_object().unwrap().clone()

@@ -12,11 +12,17 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub async fn new() -> Self {
+        Self::with_retry_delays(shared::config::DEFAULT_RETRY_DELAYS.to_vec()).await
+    }
+
+    /// Delay queues of these delays, so a test can wait out the whole ladder.
+    pub async fn with_retry_delays(retry_delays: Vec<std::time::Duration>) -> Self {
         let suffix = crate::unique_suffix();
         let config = BrokerConfig {
             url: crate::amqp_url(),
             exchange: format!("test.{suffix}.orders"),
             queue_prefix: format!("test.{suffix}."),
+            retry_delays,
         };
         let topology = Topology::new(&config);
         let broker = Broker::new(config.clone());

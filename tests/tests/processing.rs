@@ -337,7 +337,11 @@ async fn a_database_failure_mid_batch_applies_nothing_and_sends_the_batch_to_ret
         EventMessage::order_event("order.created", &b, "pending"),
     ];
     let summary = h.handle(&batch).await;
-    assert_eq!((summary.applied, summary.retried), (0, 2));
+    // A lost connection is our outage: the messages wait, their attempts untouched.
+    assert_eq!(
+        (summary.applied, summary.retried, summary.waiting),
+        (0, 0, 2)
+    );
     assert_eq!(h.order_status(&a).await, "pending", "nothing half-applied");
     assert_eq!(
         h.db.scalar("SELECT count(*) FROM outbox WHERE payload->>'status' = 'processed'")
@@ -360,6 +364,17 @@ async fn a_database_failure_mid_batch_applies_nothing_and_sends_the_batch_to_ret
         .iter()
         .map(|(d, p)| EventMessage::from_delivery(d, p))
         .collect();
+    for (_, properties) in &back {
+        assert_eq!(
+            system_tests::header_int(properties, "x-attempts"),
+            Some(0),
+            "an outage is no attempt"
+        );
+        assert_eq!(
+            system_tests::header_int(properties, "x-outage-waits"),
+            Some(1)
+        );
+    }
     let retried = h.handle(&messages).await;
     assert_eq!(retried.applied, 2);
     assert_eq!(h.order_status(&a).await, "processed");

@@ -16,4 +16,4 @@ pub use processor::{
 };
 pub use publisher::{Publisher, MARK_WINDOW};
 pub use relay::{relay_once, relay_outbox, OutboxRelay, RelayError};
-pub use topology::{Topology, MAX_ATTEMPTS, PROCESSOR_BINDINGS, RETRY_DELAYS};
+pub use topology::{Topology, PROCESSOR_BINDINGS};

@@ -16,9 +16,7 @@ use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    headers, BrokerError, EventType, OrderEvent, Outgoing, Publisher, Topology, MAX_ATTEMPTS,
-};
+use super::{headers, BrokerError, EventType, OrderEvent, Outgoing, Publisher, Topology};
 use crate::domain::{OrderId, OrderStatus};
 use crate::store::{self, CommandOutcome, OrderCommand, StoreError};
 use crate::telemetry::error_chain;
@@ -29,6 +27,9 @@ pub const ATTEMPTS_HEADER: &str = "x-attempts";
 pub const DLQ_REASON_HEADER: &str = "x-dlq-reason";
 /// Header naming why the last attempt failed, on messages waiting to be retried.
 pub const LAST_ERROR_HEADER: &str = "x-last-error";
+/// Header counting the outages of ours a message has waited out: they set its delay, never
+/// its attempts.
+pub const OUTAGE_WAITS_HEADER: &str = "x-outage-waits";
 
 /// The only way `process-orders` fails an invocation: it could not route a failed message.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,8 @@ pub struct BatchSummary {
     /// ask for nothing.
     pub unchanged: usize,
     pub retried: usize,
+    /// Messages sent to wait out an outage of ours, attempts untouched.
+    pub waiting: usize,
     pub parked: usize,
     /// Message ids (or `queue#index` when a message has none) of retried and parked messages.
     pub failed_message_ids: Vec<String>,
@@ -60,6 +63,9 @@ enum Disposition {
     Unchanged,
     /// A passing failure: try again later.
     Retry(String),
+    /// Our own outage (database away, timing out, credentials being rotated): not the
+    /// message's fault, so it waits without spending an attempt, however long it lasts.
+    Wait(String),
     /// Can never succeed.
     Park(String),
 }
@@ -109,6 +115,8 @@ struct Incoming {
     body: Vec<u8>,
     /// Attempts before this delivery.
     previous_attempts: u32,
+    /// Outages waited out before this delivery.
+    previous_outage_waits: u32,
     decoded: Result<Option<(OrderId, OrderCommand, String)>, String>,
 }
 
@@ -167,6 +175,7 @@ impl Processor {
             applied = summary.applied,
             unchanged = summary.unchanged,
             retried = summary.retried,
+            waiting = summary.waiting,
             parked = summary.parked,
             failed = ?summary.failed_message_ids,
             "batch handled"
@@ -200,9 +209,9 @@ impl Processor {
                 }
             }
             Err(e) if e.is_unavailable() => {
-                tracing::warn!(error = %error_chain(&e), "database unavailable; retrying the batch later");
+                tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
                 for (index, _) in commands {
-                    dispositions[*index] = Disposition::Retry("database unavailable".into());
+                    dispositions[*index] = Disposition::Wait("database unavailable".into());
                 }
             }
             Err(e) => {
@@ -213,6 +222,9 @@ impl Processor {
                         .await
                     {
                         Ok(outcomes) => disposition(outcomes.get(&(command.0, command.1)).copied()),
+                        Err(e) if e.is_unavailable() => {
+                            Disposition::Wait("database unavailable".into())
+                        }
                         Err(e) => {
                             tracing::error!(error = %error_chain(&e), order = %command.0, "message failed");
                             Disposition::Retry(format!("database error: {e}"))
@@ -252,6 +264,8 @@ impl Processor {
         let mut outgoing = Vec::new();
         for (message, disposition) in incoming.iter().zip(dispositions) {
             let attempt = message.previous_attempts.saturating_add(1);
+            let mut attempts = attempt;
+            let mut outage_waits = message.previous_outage_waits;
             let (queue, reason_header, reason) = match disposition {
                 Disposition::Applied => {
                     summary.applied += 1;
@@ -261,8 +275,15 @@ impl Processor {
                     summary.unchanged += 1;
                     continue;
                 }
+                Disposition::Wait(reason) => {
+                    summary.waiting += 1;
+                    attempts = message.previous_attempts;
+                    let queue = self.topology.outage_queue_after(outage_waits).to_owned();
+                    outage_waits = outage_waits.saturating_add(1);
+                    (queue, LAST_ERROR_HEADER, reason.clone())
+                }
                 Disposition::Retry(reason) => match self.topology.retry_queue_after(attempt) {
-                    Some(queue) if attempt < MAX_ATTEMPTS => {
+                    Some(queue) if attempt < self.topology.max_attempts() => {
                         summary.retried += 1;
                         (queue.to_owned(), LAST_ERROR_HEADER, reason.clone())
                     }
@@ -292,7 +313,15 @@ impl Processor {
                 exchange: String::new(),
                 routing_key: queue,
                 body: message.body.clone(),
-                properties: forwarded_properties(&message.message, attempt, reason_header, &reason),
+                properties: forwarded_properties(
+                    &message.message,
+                    Counts {
+                        attempts,
+                        outage_waits,
+                    },
+                    reason_header,
+                    &reason,
+                ),
             });
         }
         self.publisher
@@ -326,13 +355,17 @@ fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
         .clone()
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| format!("{queue}#{index}"));
-    let previous_attempts = message
-        .basic_properties
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(ATTEMPTS_HEADER))
-        .and_then(header_u32)
-        .unwrap_or(0);
+    let header_count = |name: &str| {
+        message
+            .basic_properties
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .and_then(header_u32)
+            .unwrap_or(0)
+    };
+    let previous_attempts = header_count(ATTEMPTS_HEADER);
+    let previous_outage_waits = header_count(OUTAGE_WAITS_HEADER);
     let body = message
         .data
         .as_deref()
@@ -359,6 +392,7 @@ fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
         label,
         body,
         previous_attempts,
+        previous_outage_waits,
         decoded,
     }
 }
@@ -398,17 +432,30 @@ fn header_u32(value: &Value) -> Option<u32> {
     header_text(value)?.trim().parse().ok()
 }
 
-/// The original message's properties, with the attempt count and reason added, so a parked
-/// or retried message keeps its identity and correlation.
+/// What a forwarded message has been through.
+struct Counts {
+    attempts: u32,
+    outage_waits: u32,
+}
+
+/// The original message's properties, with the counts and reason added, so a parked or
+/// retried message keeps its identity and correlation.
 fn forwarded_properties(
     message: &AmazonMqMessage,
-    attempts: u32,
+    counts: Counts,
     reason_header: &'static str,
     reason: &str,
 ) -> BasicProperties {
     let original = &message.basic_properties;
     let mut table: FieldTable = headers([
-        (ATTEMPTS_HEADER, AMQPValue::LongLongInt(i64::from(attempts))),
+        (
+            ATTEMPTS_HEADER,
+            AMQPValue::LongLongInt(i64::from(counts.attempts)),
+        ),
+        (
+            OUTAGE_WAITS_HEADER,
+            AMQPValue::LongLongInt(i64::from(counts.outage_waits)),
+        ),
         (
             reason_header,
             AMQPValue::LongString(LongString::from(reason)),
@@ -428,7 +475,13 @@ fn forwarded_properties(
         properties = properties.with_type(ShortString::from(v.as_str()));
     }
     // Keep the other headers the message came with.
-    let reserved: HashSet<&str> = [ATTEMPTS_HEADER, DLQ_REASON_HEADER, LAST_ERROR_HEADER].into();
+    let reserved: HashSet<&str> = [
+        ATTEMPTS_HEADER,
+        OUTAGE_WAITS_HEADER,
+        DLQ_REASON_HEADER,
+        LAST_ERROR_HEADER,
+    ]
+    .into();
     for (name, value) in original.headers.iter().flatten() {
         if !reserved.contains(name.as_str()) {
             if let Some(text) = header_text(value) {

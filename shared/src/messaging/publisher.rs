@@ -173,6 +173,7 @@ mod tests {
             url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
             exchange: "orders".into(),
             queue_prefix: String::new(),
+            retry_delays: crate::config::DEFAULT_RETRY_DELAYS.to_vec(),
         }))
     }
 

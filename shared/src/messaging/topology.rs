@@ -10,16 +10,6 @@ use lapin::ExchangeKind;
 use super::{Broker, BrokerError};
 use crate::config::BrokerConfig;
 
-/// Delays before the 2nd, 3rd, 4th and 5th attempt of a message that failed for a passing
-/// reason: about a second growing to about ten minutes (API.md). A 5th failure parks it.
-pub const RETRY_DELAYS: [Duration; 4] = [
-    Duration::from_secs(1),
-    Duration::from_secs(10),
-    Duration::from_secs(60),
-    Duration::from_secs(600),
-];
-pub const MAX_ATTEMPTS: u32 = RETRY_DELAYS.len() as u32 + 1;
-
 /// The routing keys the processor acts on. Its own `processed`/`rejected` events are not
 /// among them, so they never come back to it.
 pub const PROCESSOR_BINDINGS: [&str; 3] = [
@@ -52,15 +42,25 @@ pub struct Topology {
     legacy_audit_queue: String,
 }
 
+/// `1s`, `600s`, or `50ms` for a delay shorter than a second or not whole.
+fn delay_label(delay: Duration) -> String {
+    if delay.subsec_millis() == 0 && delay.as_secs() > 0 {
+        format!("{}s", delay.as_secs())
+    } else {
+        format!("{}ms", delay.as_millis())
+    }
+}
+
 impl Topology {
     pub fn new(config: &BrokerConfig) -> Self {
         let prefix = &config.queue_prefix;
         let queue = format!("{prefix}orders");
         Self {
             exchange: config.exchange.clone(),
-            retry_queues: RETRY_DELAYS
+            retry_queues: config
+                .retry_delays
                 .iter()
-                .map(|delay| (format!("{queue}.retry.{}s", delay.as_secs()), *delay))
+                .map(|delay| (format!("{queue}.retry.{}", delay_label(*delay)), *delay))
                 .collect(),
             dead_letter_queue: format!("{queue}.dlq"),
             sink_queue: format!("{queue}.sink"),
@@ -74,6 +74,20 @@ impl Topology {
         self.retry_queues
             .get(attempt.checked_sub(1)? as usize)
             .map(|(name, _)| name.as_str())
+    }
+
+    /// A message's attempts: one per delay, then the last failure parks it.
+    pub fn max_attempts(&self) -> u32 {
+        self.retry_queues.len() as u32 + 1
+    }
+
+    /// The delay queue for a message that has waited out `waits` outages already: the
+    /// delays grow as for failures, then stay at the longest, however long the outage.
+    pub fn outage_queue_after(&self, waits: u32) -> &str {
+        let last = self.retry_queues.len().saturating_sub(1);
+        self.retry_queues
+            .get((waits as usize).min(last))
+            .map_or(self.queue.as_str(), |(name, _)| name.as_str())
     }
 
     /// Declares everything; safe to run any number of times (every deploy and local start).
