@@ -2,7 +2,8 @@
 # Fuzzes the API against its contract: schemathesis with openapi.yaml against the local
 # stack (the real function binaries behind the local API gateway, processing live), on a
 # database, exchange and queues of its own. Every check must pass: no 5xx, every response
-# as documented, every documented status reachable.
+# as documented, every documented status reachable. Requests carry a staff token, the one
+# caller every operation is open to (scripts/dev-token.sh, the local authorizer's key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -52,8 +53,12 @@ for _ in $(seq 1 600); do
 done
 grep -q "API ready" "$log" || { cat "$log"; echo "the local stack did not become ready" >&2; exit 1; }
 
+# Long enough for the slowest run; the key is the one the stack just loaded.
+token=$(scripts/dev-token.sh --staff --sub contract-check --expires-in 21600 | tail -n 1)
+
 status=0
 "$venv/bin/st" run openapi.yaml --url "http://127.0.0.1:$port" \
+  --header "Authorization: Bearer $token" \
   --checks all --exclude-checks unsupported_method --max-examples "$examples" \
   --phases examples,coverage,fuzzing,stateful \
   --suppress-health-check too_slow \

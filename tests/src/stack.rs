@@ -1,6 +1,8 @@
 //! The whole system as `make dev` runs it, started by a test: the `local-stack` binary
 //! (gateway, event source mapping, relay schedule) over the real function binaries under
-//! `cargo lambda watch`, on free ports, a database and broker names of the test's own.
+//! `cargo lambda watch`, on free ports, a database and broker names of the test's own. Its
+//! gateway checks bearer tokens against the checkout's key (`.local-auth/`), which the tests
+//! sign theirs with, as `scripts/dev-token.sh` does.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -9,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use local_stack::auth::{LocalKey, TokenRequest};
 use serde_json::Value;
 
 use crate::{TestBroker, TestDb};
@@ -25,6 +28,10 @@ pub struct LocalStack {
     pub invoke_port: u16,
     /// Everything the stack printed, for the failure message.
     pub log_path: PathBuf,
+    /// The key the gateway verifies tokens against.
+    pub key: LocalKey,
+    /// What `get`, `post` and `patch` send: a staff token.
+    pub staff_token: String,
     child: Option<Child>,
 }
 
@@ -89,12 +96,18 @@ impl LocalStack {
         // From the workspace root, like `scripts/dev.sh` and like the emulator's own
         // `cargo run --bin <function>`: one package selection, so one build serves all.
         let status = cargo_free_command(cargo())
-            .args(["build", "--bin", "local-stack"])
+            .args(["build", "--bin", "local-stack", "--bin", "dev-token"])
             .current_dir(&root)
             .env("CARGO_TARGET_DIR", &target)
             .status()
             .expect("cargo runs");
         assert!(status.success(), "cargo build --bin local-stack failed");
+        // The stack's default key folder: the one scripts/dev-token.sh signs with too.
+        let key = LocalKey::load_or_create(&root.join(local_stack::auth::KEY_DIR))
+            .expect("the local issuer's key");
+        let staff_token = TokenRequest::staff(&format!("staff-{}", crate::unique_suffix()))
+            .issue(&key)
+            .expect("a staff token");
 
         let invoke_port = free_port();
         let log_path = target
@@ -179,8 +192,27 @@ impl LocalStack {
             base_url,
             invoke_port,
             log_path,
+            key,
+            staff_token,
             child: Some(child),
         }
+    }
+
+    /// A token of the local issuer.
+    pub fn token(&self, request: &TokenRequest) -> String {
+        request.issue(&self.key).expect("a token")
+    }
+
+    /// Runs a bash script in the workspace root, with `cargo` free of this test's variables
+    /// (as the stack itself runs), and returns what it did.
+    pub fn run_bash(&self, script: &str) -> std::process::Output {
+        cargo_free_command("bash")
+            .args(["-euo", "pipefail", "-c", script])
+            .current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", target_dir())
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash runs")
     }
 
     /// The end of the stack's log, for assertion messages.
@@ -188,15 +220,38 @@ impl LocalStack {
         tail(&self.log_path)
     }
 
-    /// One HTTP/1.1 request to the gateway; the status and the JSON body (`Null` if none).
+    /// One HTTP/1.1 request to the gateway as staff; the status and the JSON body (`Null`
+    /// if none).
     pub async fn request(&self, method: &str, path: &str, body: Option<&Value>) -> HttpResponse {
+        let authorization = format!("Bearer {}", self.staff_token);
+        self.request_with(method, path, body, Some(&authorization))
+            .await
+    }
+
+    /// One HTTP/1.1 request with this `Authorization` header, or none.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        authorization: Option<&str>,
+    ) -> HttpResponse {
         let url = self.base_url.clone();
         let method = method.to_owned();
         let path = path.to_owned();
         let body = body.map(Value::to_string);
-        tokio::task::spawn_blocking(move || http(&url, &method, &path, body.as_deref()))
-            .await
-            .expect("the request thread")
+        let authorization = authorization.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            http(
+                &url,
+                &method,
+                &path,
+                body.as_deref(),
+                authorization.as_deref(),
+            )
+        })
+        .await
+        .expect("the request thread")
     }
 
     pub async fn get(&self, path: &str) -> HttpResponse {
@@ -295,7 +350,13 @@ impl HttpResponse {
 }
 
 /// A minimal HTTP/1.1 client: one request per connection, `Connection: close`.
-fn http(base_url: &str, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
+fn http(
+    base_url: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+) -> HttpResponse {
     let authority = base_url.trim_start_matches("http://");
     let mut stream = TcpStream::connect(authority).expect("connect to the gateway");
     stream
@@ -307,9 +368,12 @@ fn http(base_url: &str, method: &str, path: &str, body: Option<&str>) -> HttpRes
     } else {
         "content-type: application/json\r\n".to_owned()
     };
+    let authorization = authorization
+        .map(|value| format!("authorization: {value}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: system-tests\r\naccept: application/json\r\n{content_type}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: system-tests\r\naccept: application/json\r\n{authorization}{content_type}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("send the request");

@@ -12,6 +12,7 @@ use hyper::HeaderMap;
 use percent_encoding::percent_decode_str;
 use serde_json::{json, Map, Value};
 
+use crate::auth::{Claims, Rejection};
 use crate::template::Route;
 
 /// Placeholders for what only a deployed API has. `apiId` has AWS's length (10).
@@ -190,8 +191,14 @@ pub fn is_text_media_type(content_type: Option<&str>) -> bool {
         )
 }
 
-/// The payload-2.0 event API Gateway sends the function for `request`.
-pub fn build_event(request: &Request<'_>, matched: &RouteMatch<'_>, ids: &RequestIds) -> Value {
+/// The payload-2.0 event API Gateway sends the function for `request`; `claims` are those
+/// of the token the route's JWT authorizer accepted (none on a public route).
+pub fn build_event(
+    request: &Request<'_>,
+    matched: &RouteMatch<'_>,
+    ids: &RequestIds,
+    claims: Option<&Claims>,
+) -> Value {
     let route_key = matched.route.key();
     let mut headers = Map::new();
     let mut cookies: Vec<Value> = Vec::new();
@@ -276,6 +283,14 @@ pub fn build_event(request: &Request<'_>, matched: &RouteMatch<'_>, ids: &Reques
     let Some(fields) = event.as_object_mut() else {
         return event;
     };
+    if let (Some(claims), Some(context)) = (
+        claims,
+        fields
+            .get_mut("requestContext")
+            .and_then(Value::as_object_mut),
+    ) {
+        context.insert("authorizer".into(), claims.authorizer_context());
+    }
     if !cookies.is_empty() {
         fields.insert("cookies".into(), Value::Array(cookies));
     }
@@ -317,6 +332,7 @@ pub fn warm_up_event() -> Value {
             binary: String::new(),
             timeout: std::time::Duration::ZERO,
         },
+        authorizer: None,
     };
     let headers = HeaderMap::new();
     let request = Request {
@@ -333,7 +349,7 @@ pub fn warm_up_event() -> Value {
         route: &route,
         path_parameters: Vec::new(),
     };
-    let mut event = build_event(&request, &matched, &RequestIds::generate());
+    let mut event = build_event(&request, &matched, &RequestIds::generate(), None);
     event["routeKey"] = json!("$default");
     event["requestContext"]["routeKey"] = json!("$default");
     event
@@ -399,6 +415,22 @@ impl Response {
             "application/json",
             &json!({"message": "Service Unavailable"}),
         )
+    }
+
+    /// What the JWT authorizer answers for a missing or bad token. AWS names the reason in
+    /// `www-authenticate` (its troubleshooting guide shows the form), never in the body.
+    pub fn unauthorized(rejection: Rejection) -> Self {
+        let mut response = Self::json(401, "application/json", &json!({"message": "Unauthorized"}));
+        if rejection != Rejection::Missing {
+            let challenge =
+                format!(r#"Bearer scope="" error="invalid_token" error_description="{rejection}""#);
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers
+                    .push((hyper::header::WWW_AUTHENTICATE, value));
+            }
+        }
+        response
     }
 
     pub fn bad_request() -> Self {
@@ -522,6 +554,7 @@ mod tests {
                 binary: format!("{method} {path}"),
                 timeout: Duration::from_secs(3),
             },
+            authorizer: None,
         }
     }
 
@@ -621,7 +654,7 @@ mod tests {
             protocol: "HTTP/1.1",
             port: 443,
         };
-        let mut ours = build_event(&request, &matched, &ids());
+        let mut ours = build_event(&request, &matched, &ids(), None);
         // Only the route key differs: the fixture's API has a `$default` route.
         assert_eq!(ours["routeKey"], "GET /");
         ours["routeKey"] = json!("$default");
@@ -657,7 +690,7 @@ mod tests {
             protocol: "HTTP/1.1",
             port: 3000,
         };
-        let event = build_event(&request, &matched, &ids());
+        let event = build_event(&request, &matched, &ids(), None);
         assert_eq!(event["cookies"], aws["cookies"]);
         assert_eq!(event["queryStringParameters"], aws["queryStringParameters"]);
         assert_eq!(event["pathParameters"], json!({"proxy": "hello/world"}));
@@ -667,8 +700,8 @@ mod tests {
         assert_eq!(event["isBase64Encoded"], false);
         assert_eq!(event["rawQueryString"], aws["rawQueryString"]);
         assert_eq!(event["routeKey"], "POST /my/{proxy+}");
-        // Every field AWS sets is there (stageVariables and the authorizer need a deployed
-        // stage and an authorizer; the local API has neither).
+        // Every field AWS sets is there (stageVariables need a deployed stage; the
+        // authorizer only comes with a token, below).
         let mut expected = Vec::new();
         paths(&aws, "", &mut expected);
         let mut actual = Vec::new();
@@ -703,7 +736,7 @@ mod tests {
             protocol: "HTTP/1.1",
             port: 3000,
         };
-        let event = build_event(&request, &matched, &RequestIds::generate());
+        let event = build_event(&request, &matched, &RequestIds::generate(), None);
         let parsed: aws_lambda_events::apigw::ApiGatewayV2httpRequest =
             serde_json::from_value(event.clone()).unwrap();
         assert_eq!(
@@ -723,6 +756,126 @@ mod tests {
         assert_eq!(parsed.request_context.http.method.as_str(), "PATCH");
         let request_id = event["requestContext"]["requestId"].as_str().unwrap();
         assert_eq!(request_id.len(), 16);
+    }
+
+    fn get_request<'a>(headers: &'a HeaderMap, path: &'a str) -> Request<'a> {
+        Request {
+            method: "GET",
+            raw_path: path,
+            raw_query: "",
+            headers,
+            body: b"",
+            source_ip: "127.0.0.1".parse().unwrap(),
+            protocol: "HTTP/1.1",
+            port: 3000,
+        }
+    }
+
+    fn claims(value: Value) -> Claims {
+        Claims::from(value.as_object().unwrap().clone())
+    }
+
+    #[test]
+    fn the_claims_of_a_verified_token_are_where_aws_puts_them() {
+        // AWS's own example of a request behind a JWT authorizer.
+        let aws: Value = serde_json::from_str(include_str!(
+            "../tests/fixtures/apigw-v2-request-jwt-authorizer.json"
+        ))
+        .unwrap();
+        let table = RouteTable::new(&[route("GET", "/my/path")]);
+        let matched = table.find("GET", "/my/path").unwrap();
+        let no_headers = HeaderMap::new();
+        let token = claims(json!({"claim1": "value1", "claim2": "value2"}));
+        let event = build_event(
+            &get_request(&no_headers, "/my/path"),
+            &matched,
+            &ids(),
+            Some(&token),
+        );
+        let ours = &event["requestContext"]["authorizer"];
+        let theirs = &aws["requestContext"]["authorizer"];
+        assert_eq!(ours["jwt"]["claims"], theirs["jwt"]["claims"]);
+        // The fixture's route has AuthorizationScopes, which AWS lists there; no route of
+        // this API has any, and AWS then sends null.
+        assert!(theirs["jwt"]["scopes"].is_array());
+        assert_eq!(ours["jwt"]["scopes"], Value::Null);
+        let (mut expected, mut actual) = (Vec::new(), Vec::new());
+        paths(theirs, "", &mut expected);
+        paths(ours, "", &mut actual);
+        assert_eq!(actual, expected);
+
+        // A public route gets no authorizer block at all, token or not.
+        let event = build_event(
+            &get_request(&no_headers, "/my/path"),
+            &matched,
+            &ids(),
+            None,
+        );
+        assert!(event["requestContext"].get("authorizer").is_none());
+    }
+
+    #[test]
+    fn lambda_http_reads_the_claims_as_strings() {
+        let template = Template::parse(include_str!("../tests/fixtures/template.yaml")).unwrap();
+        let table = RouteTable::new(&template.routes);
+        let matched = table.find("PATCH", "/orders/0190-x/status").unwrap();
+        let request_headers = headers(&[("authorization", "Bearer x.y.z")]);
+        let token = claims(json!({
+            "sub": "alice",
+            "scope": "openid oms/staff",
+            "exp": 1612061676,
+            "cognito:groups": ["a", "b"],
+        }));
+        let event = build_event(
+            &get_request(&request_headers, "/orders/0190-x/status"),
+            &matched,
+            &ids(),
+            Some(&token),
+        );
+        let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+        use lambda_http::RequestExt;
+        let jwt = request
+            .request_context_ref()
+            .and_then(|context| context.authorizer())
+            .and_then(|authorizer| authorizer.jwt.as_ref())
+            .expect("the JWT authorizer's context");
+        assert_eq!(jwt.claims["sub"], "alice");
+        assert_eq!(jwt.claims["scope"], "openid oms/staff");
+        assert_eq!(jwt.claims["exp"], "1612061676");
+        assert_eq!(jwt.claims["cognito:groups"], "[a b]");
+        assert_eq!(jwt.scopes, None);
+        // The header itself still reaches the function, as in AWS.
+        assert_eq!(
+            request.headers().get("authorization").unwrap(),
+            "Bearer x.y.z"
+        );
+    }
+
+    #[test]
+    fn an_unauthorized_answer_is_api_gateways_own() {
+        let missing = Response::unauthorized(Rejection::Missing);
+        assert_eq!(missing.status, 401);
+        assert_eq!(missing.body, br#"{"message":"Unauthorized"}"#);
+        assert_eq!(
+            missing.headers,
+            [(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json")
+            )]
+        );
+        let expired = Response::unauthorized(Rejection::Expired);
+        assert_eq!(expired.body, br#"{"message":"Unauthorized"}"#);
+        let challenge = expired
+            .headers
+            .iter()
+            .find(|(name, _)| name == hyper::header::WWW_AUTHENTICATE)
+            .map(|(_, value)| value.to_str().unwrap());
+        assert_eq!(
+            challenge,
+            Some(
+                r#"Bearer scope="" error="invalid_token" error_description="the token has expired""#
+            )
+        );
     }
 
     #[test]
@@ -753,7 +906,7 @@ mod tests {
             protocol: "HTTP/1.1",
             port: 3000,
         };
-        let event = build_event(&request, &matched, &ids());
+        let event = build_event(&request, &matched, &ids(), None);
         assert_eq!(event["body"], "e30=");
         assert_eq!(event["isBase64Encoded"], true);
         assert_eq!(event["headers"]["content-length"], "2");

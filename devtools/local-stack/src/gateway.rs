@@ -1,6 +1,7 @@
-//! The local API Gateway: an HTTP/1.1 server that turns each request into the HTTP API v2
-//! event, invokes the route's function through the emulator, and answers with the mapped
-//! response, or with the error API Gateway itself would give.
+//! The local API Gateway: an HTTP/1.1 server that checks the bearer token of every route
+//! behind the JWT authorizer, turns each request into the HTTP API v2 event, invokes the
+//! route's function through the emulator, and answers with the mapped response, or with the
+//! error API Gateway itself would give.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::apigw::{self, RequestIds, Response, RouteTable};
+use crate::auth::JwtAuthorizer;
 use crate::invoke::{InvokeError, Invoker};
 use crate::template::Route;
 
@@ -26,14 +28,18 @@ pub const INTEGRATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Gateway {
     routes: RouteTable,
+    /// Every JWT authorizer of the template checks against the local issuer: their
+    /// issuers and audiences are deployment parameters.
+    authorizer: JwtAuthorizer,
     invoker: Invoker,
     port: u16,
 }
 
 impl Gateway {
-    pub fn new(routes: &[Route], invoker: Invoker, port: u16) -> Self {
+    pub fn new(routes: &[Route], authorizer: JwtAuthorizer, invoker: Invoker, port: u16) -> Self {
         Self {
             routes: RouteTable::new(routes),
+            authorizer,
             invoker,
             port,
         }
@@ -97,7 +103,25 @@ impl Gateway {
                 let body = body.to_bytes();
                 match self.routes.find(method, raw_path) {
                     None => (Response::not_found(method, raw_path), None),
-                    Some(matched) => {
+                    Some(matched) => 'routed: {
+                        // Before the function, as in AWS: a refused request never reaches it.
+                        let claims = match &matched.route.authorizer {
+                            None => None,
+                            Some(authorizer) => match self.authorizer.authorize(
+                                parts
+                                    .headers
+                                    .get(authorizer.identity_header.as_str())
+                                    .map(|v| v.as_bytes()),
+                            ) {
+                                Ok(claims) => Some(claims),
+                                Err(rejection) => {
+                                    tracing::info!(
+                                        "{method} {raw_path}: unauthorized, {rejection}"
+                                    );
+                                    break 'routed (Response::unauthorized(rejection), None);
+                                }
+                            },
+                        };
                         let request = apigw::Request {
                             method,
                             raw_path,
@@ -108,7 +132,7 @@ impl Gateway {
                             protocol: protocol(parts.version),
                             port: self.port,
                         };
-                        let event = apigw::build_event(&request, &matched, &ids);
+                        let event = apigw::build_event(&request, &matched, &ids, claims.as_ref());
                         let response = self.invoke(matched.route, event, &ids).await;
                         (response, Some(matched.route.function.binary.as_str()))
                     }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::auth::{self, JwtAuthorizer, KeyError};
 use crate::functions::{self, Emulator, EmulatorOptions, FunctionsError};
 use crate::gateway::Gateway;
 use crate::invoke::{InvokeError, Invoker};
@@ -34,6 +35,9 @@ usage: local-stack [options]
   --relay-every SECS    how often the outbox relay runs (default 5)
   --concurrency N       instances per function in the emulator (default 1)
   --broker-arn ARN      eventSourceArn of the RabbitMQ events
+  --auth-dir PATH       the key pair bearer tokens are checked against, made there if
+                        missing (default .local-auth in the workspace); tokens from
+                        scripts/dev-token.sh
   --no-build            do not build the functions before starting the emulator
   --no-reload           do not rebuild functions when their code changes
   --startup-timeout S   how long building and starting may take (default 1800)
@@ -65,6 +69,8 @@ pub enum StackError {
     },
     #[error("the template has no MQ event: no function consumes the queue")]
     NoConsumer,
+    #[error("the JWT authorizer's key: {0}")]
+    Auth(#[from] KeyError),
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +81,8 @@ pub struct Options {
     pub relay_every: Duration,
     pub concurrency: u32,
     pub broker_arn: String,
+    /// `None`: `.local-auth` in the workspace.
+    pub auth_dir: Option<PathBuf>,
     pub build: bool,
     pub reload: bool,
     pub startup_timeout: Duration,
@@ -89,6 +97,7 @@ impl Default for Options {
             relay_every: Duration::from_secs(5),
             concurrency: 1,
             broker_arn: rmq::DEFAULT_BROKER_ARN.to_owned(),
+            auth_dir: None,
             build: true,
             reload: true,
             startup_timeout: Duration::from_secs(1800),
@@ -117,6 +126,7 @@ impl Options {
                 }
                 "--concurrency" => options.concurrency = number::<u32>(&arg, &value(&arg)?)?.max(1),
                 "--broker-arn" => options.broker_arn = value(&arg)?,
+                "--auth-dir" => options.auth_dir = Some(PathBuf::from(value(&arg)?)),
                 "--startup-timeout" => {
                     options.startup_timeout = Duration::from_secs(number(&arg, &value(&arg)?)?)
                 }
@@ -138,6 +148,13 @@ impl Options {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         }
+    }
+
+    /// Where the key pair of the local JWT authorizer is.
+    pub fn auth_dir(&self) -> PathBuf {
+        self.auth_dir
+            .clone()
+            .unwrap_or_else(|| self.root().join(auth::KEY_DIR))
     }
 }
 
@@ -198,6 +215,14 @@ pub async fn run(options: Options) -> Result<(), StackError> {
             source,
         })?
         .port();
+    let auth_dir = options.auth_dir();
+    let authorizer = JwtAuthorizer::local(&auth_dir)?;
+    tracing::info!(
+        "JWT authorizer: issuer {}, audience {}, keys in {} (tokens: scripts/dev-token.sh)",
+        authorizer.issuer(),
+        authorizer.audiences().join(", "),
+        auth_dir.display()
+    );
     let started = Instant::now();
     let binaries = template.invoked_binaries();
     if options.build {
@@ -249,7 +274,12 @@ pub async fn run(options: Options) -> Result<(), StackError> {
     }
 
     let (stop, stopping) = watch::channel(false);
-    let gateway = Arc::new(Gateway::new(&template.routes, invoker.clone(), port));
+    let gateway = Arc::new(Gateway::new(
+        &template.routes,
+        authorizer,
+        invoker.clone(),
+        port,
+    ));
     let mut tasks = vec![tokio::spawn(gateway.serve(listener, stopping.clone()))];
     let queue_prefix = std::env::var("AMQP_QUEUE_PREFIX").unwrap_or_default();
     let queue = mq.queues.first().map_or("orders", String::as_str);
@@ -382,6 +412,7 @@ mod tests {
         assert_eq!(options.invoke_port, 9000);
         assert_eq!(options.relay_every, Duration::from_secs(5));
         assert!(options.build && options.reload);
+        assert_eq!(options.auth_dir(), PathBuf::from("./.local-auth"));
         let options = parse(&[
             "--port",
             "0",
@@ -394,6 +425,11 @@ mod tests {
             "/w/template.yaml",
         ])
         .unwrap();
+        assert_eq!(options.auth_dir(), PathBuf::from("/w/.local-auth"));
+        assert_eq!(
+            parse(&["--auth-dir", "/keys"]).unwrap().auth_dir(),
+            PathBuf::from("/keys")
+        );
         assert_eq!(options.port, 0);
         assert_eq!(options.relay_every, Duration::from_millis(500));
         assert!(!options.reload);
