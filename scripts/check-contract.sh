@@ -34,7 +34,7 @@ clean_up() {
     wait "$stack_pid" 2>/dev/null || true
   fi
   psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$run_id\" WITH (FORCE)" || true
-  for queue in orders orders.dlq orders.audit orders.retry.1s orders.retry.10s orders.retry.60s orders.retry.600s; do
+  for queue in orders orders.dlq orders.sink orders.audit orders.retry.1s orders.retry.10s orders.retry.60s orders.retry.600s; do
     rabbitmqctl -q delete_queue "$run_id.$queue" >/dev/null 2>&1 || true
   done
   rabbitmqadmin delete exchange name="$run_id.orders" >/dev/null 2>&1 || true
