@@ -92,7 +92,7 @@ async fn writes_answer_at_once_during_a_broker_alarm_and_nothing_is_lost() {
     for _ in 0..40 {
         match relay_outbox(&h.db.pool, &h.publisher(), Duration::ZERO).await {
             Ok(n) => {
-                published += n;
+                published += n.published;
                 if h.db
                     .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                     .await

@@ -1,5 +1,5 @@
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use serde_json::{json, Value};
+use serde_json::Value;
 use shared::messaging::{relay_once, OutboxRelay};
 
 #[tokio::main]
@@ -9,8 +9,8 @@ async fn main() -> Result<(), Error> {
     let relay = &relay;
     // The schedule's event carries nothing the relay needs.
     run(service_fn(move |_: LambdaEvent<Value>| async move {
-        let published = relay_once(&relay.pool, &relay.publisher, relay.min_age).await?;
-        Ok::<_, Error>(json!({ "published": published }))
+        let report = relay_once(relay).await?;
+        Ok::<_, Error>(serde_json::to_value(report)?)
     }))
     .await
 }

@@ -40,6 +40,12 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// The broker refused this one message, not the connection: trying it again as it is
+    /// will not help soon.
+    pub fn is_refusal_of_message(&self) -> bool {
+        matches!(self, BrokerError::Nacked(_) | BrokerError::Unroutable(_))
+    }
+
     /// The connection is gone or unusable (as opposed to the broker refusing a message).
     pub fn is_connection_failure(&self) -> bool {
         matches!(
@@ -164,6 +170,26 @@ impl Broker {
             confirm_all(confirms, messages).await
         })
         .await
+    }
+
+    /// Publishes every message, pipelined, and tells for each whether the broker took it:
+    /// one refused message (unroutable, nacked) does not hold back the others. The outer
+    /// error is the broker being away, when no message can be judged; messages whose
+    /// confirm did not come within the deadline are reported as timed out.
+    pub async fn publish_each(
+        &self,
+        messages: &[Outgoing],
+    ) -> Result<Vec<Result<(), BrokerError>>, BrokerError> {
+        let confirms = self.send(messages).await?;
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (confirm, message) in confirms.into_iter().zip(messages) {
+            let outcome = tokio::time::timeout_at(deadline, confirmed(confirm, message))
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(CONFIRM_TIMEOUT)));
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
     }
 
     /// Writes every message to the broker's socket, pipelined, and returns their confirms

@@ -15,5 +15,5 @@ pub use processor::{
     LAST_ERROR_HEADER,
 };
 pub use publisher::{Publisher, MARK_WINDOW};
-pub use relay::{relay_once, relay_outbox, OutboxRelay, RelayError};
+pub use relay::{relay_once, relay_outbox, OutboxRelay, RelayError, RelayReport};
 pub use topology::{Topology, PROCESSOR_BINDINGS};

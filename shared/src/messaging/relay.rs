@@ -16,43 +16,98 @@ pub enum RelayError {
 /// Rows are published in pages of this many.
 const RELAY_PAGE: i64 = 500;
 
-/// Publishes every outbox message older than `min_age` that is not marked sent, and marks
-/// it. `min_age` leaves fresh rows to the function that wrote them (it publishes right after
-/// its commit), so the two rarely publish the same message; when they do, consumers treat
-/// the copy as the duplicate it is. Returns how many messages went out.
+/// Published rows older than this are deleted (`OUTBOX_RETENTION_DAYS`, default 7).
+const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// At most this many published rows are deleted per run, so a run stays short after a long
+/// pause; the next runs catch up.
+const PRUNE_LIMIT: i64 = 20_000;
+
+/// What one relay run did, returned by the function and logged.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayReport {
+    /// Rows published and marked.
+    pub published: usize,
+    /// Rows the broker refused (or that do not read as an event): kept, counted on the row,
+    /// tried again later.
+    pub failed: usize,
+    /// Ids and reasons of the failed rows.
+    pub failures: Vec<String>,
+    /// Published rows deleted after the retention.
+    pub pruned: u64,
+    /// Idempotency keys forgotten after their lifetime.
+    pub purged_keys: u64,
+}
+
+/// Publishes every outbox message older than `min_age` that is not marked sent and is due,
+/// and marks each one the broker confirmed. `min_age` leaves fresh rows to the function
+/// that wrote them (it publishes right after its commit), so the two rarely publish the
+/// same message; when they do, consumers treat the copy as the duplicate it is.
+///
+/// Every row has its own outcome: one the broker refuses is counted on the row and waits
+/// ([`store::record_publish_failures`]) while the others go out. A broker that is away
+/// fails the run with nothing counted against the rows: that is our outage, not theirs.
 pub async fn relay_outbox(
     pool: &Pool,
     publisher: &Publisher,
     min_age: Duration,
-) -> Result<usize, RelayError> {
-    let mut total = 0;
+) -> Result<RelayReport, RelayError> {
+    let mut report = RelayReport::default();
     loop {
         let mut client = pool.get().await.map_err(StoreError::from)?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
-        let events = store::lock_unpublished(&tx, min_age, RELAY_PAGE).await?;
-        if events.is_empty() {
-            return Ok(total);
+        let (events, unreadable) = store::lock_unpublished(&tx, min_age, RELAY_PAGE).await?;
+        let locked = events.len() + unreadable.len();
+        if locked == 0 {
+            return Ok(report);
         }
-        publisher.publish(&events).await?;
-        let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.message_id).collect();
-        store::mark_published_with(&tx, &ids).await?;
+        let messages: Vec<_> = events.iter().map(|e| publisher.outgoing(e)).collect();
+        let outcomes = publisher.broker().publish_each(&messages).await?;
+        let mut confirmed = Vec::new();
+        let mut refused = unreadable;
+        let mut outage = None;
+        for (event, outcome) in events.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => confirmed.push(event.message_id),
+                Err(e) if e.is_refusal_of_message() => {
+                    refused.push((event.message_id, e.to_string()))
+                }
+                Err(e) => outage = Some(e),
+            }
+        }
+        store::mark_published_with(&tx, &confirmed).await?;
+        store::record_publish_failures(&tx, &refused).await?;
         tx.commit().await.map_err(StoreError::from)?;
-        total += events.len();
-        if (events.len() as i64) < RELAY_PAGE {
-            return Ok(total);
+        report.published += confirmed.len();
+        report.failed += refused.len();
+        for (id, reason) in &refused {
+            tracing::warn!(message = %id, reason = %reason, "outbox row not published; kept for a later run");
+            report.failures.push(format!("{id}: {reason}"));
+        }
+        if let Some(e) = outage {
+            return Err(e.into());
+        }
+        if (locked as i64) < RELAY_PAGE {
+            return Ok(report);
         }
     }
 }
 
-/// The relay's scheduled run: publish what is left, then forget expired idempotency keys.
-pub async fn relay_once(
-    pool: &Pool,
-    publisher: &Publisher,
-    min_age: Duration,
-) -> Result<usize, RelayError> {
-    let published = relay_outbox(pool, publisher, min_age).await?;
-    store::purge_idempotency_keys(pool).await?;
-    Ok(published)
+/// The relay's scheduled run: publish what is left, then prune published rows past the
+/// retention and forget expired idempotency keys.
+pub async fn relay_once(relay: &OutboxRelay) -> Result<RelayReport, RelayError> {
+    let mut report = relay_outbox(&relay.pool, &relay.publisher, relay.min_age).await?;
+    report.pruned = store::prune_published(&relay.pool, relay.retention, PRUNE_LIMIT).await?;
+    report.purged_keys = store::purge_idempotency_keys(&relay.pool).await?;
+    tracing::info!(
+        published = report.published,
+        failed = report.failed,
+        pruned = report.pruned,
+        purged_keys = report.purged_keys,
+        "relay run"
+    );
+    Ok(report)
 }
 
 const DEFAULT_MIN_AGE: Duration = Duration::from_secs(30);
@@ -82,6 +137,8 @@ pub struct OutboxRelay {
     /// `OUTBOX_RELAY_MIN_AGE_SECONDS`, default 30: rows younger than this are left to the
     /// function that wrote them.
     pub min_age: Duration,
+    /// `OUTBOX_RETENTION_DAYS`, default 7: published rows are kept this long, then deleted.
+    pub retention: Duration,
 }
 
 impl OutboxRelay {
@@ -92,10 +149,24 @@ impl OutboxRelay {
             Ok(raw) => parse_min_age(&raw)?,
             Err(_) => DEFAULT_MIN_AGE,
         };
+        let retention = match std::env::var("OUTBOX_RETENTION_DAYS") {
+            Ok(raw) => raw
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|days| *days > 0.0)
+                .and_then(|days| Duration::try_from_secs_f64(days * 86_400.0).ok())
+                .ok_or_else(|| crate::config::ConfigError::Malformed {
+                    name: "OUTBOX_RETENTION_DAYS",
+                    reason: "must be a positive number of days".into(),
+                })?,
+            Err(_) => DEFAULT_RETENTION,
+        };
         Ok(Self {
             pool,
             publisher: Publisher::new(broker),
             min_age,
+            retention,
         })
     }
 }

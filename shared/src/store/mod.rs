@@ -11,7 +11,10 @@ pub use orders::{
     create_order, explain_list_orders, get_order, list_orders, update_order_status,
     CreateOrderOutcome, NewOrder, OrderFilter, OrderIdempotency,
 };
-pub use outbox::{lock_unpublished, mark_published, purge_idempotency_keys, unpublished_count};
+pub use outbox::{
+    lock_unpublished, mark_published, prune_published, purge_idempotency_keys,
+    record_publish_failures, unpublished_count,
+};
 pub use outbox::{mark_published_with, SentMessages};
 pub use page::{Listing, Page, PageRequest, Position};
 pub use processing::{apply_order_commands, AppliedBatch, CommandOutcome, OrderCommand};

@@ -98,29 +98,92 @@ pub async fn mark_published_with(
     Ok(())
 }
 
-/// Locks up to `limit` unsent messages older than `min_age`, oldest first, skipping rows
-/// another relay holds, so relays running side by side never publish the same row at once.
+/// Locks up to `limit` unsent messages older than `min_age` and due for an attempt, oldest
+/// first, skipping rows another relay holds, so relays running side by side never publish
+/// the same row at once. A row whose payload does not read as an event is left out and
+/// named in the second list, to be counted as failed.
 pub async fn lock_unpublished(
     client: &impl GenericClient,
     min_age: Duration,
     limit: i64,
-) -> Result<Vec<OrderEvent>, StoreError> {
+) -> Result<(Vec<OrderEvent>, Vec<(Uuid, String)>), StoreError> {
     let rows = client
         .query(
-            "SELECT payload FROM outbox
+            "SELECT message_id, payload FROM outbox
              WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
              ORDER BY created_at
              LIMIT $2
              FOR UPDATE SKIP LOCKED",
             &[&min_age.as_secs_f64(), &limit],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            let Json(event) = row.try_get::<_, Json<OrderEvent>>("payload")?;
-            Ok(event)
-        })
-        .collect()
+    let mut events = Vec::with_capacity(rows.len());
+    let mut unreadable = Vec::new();
+    for row in &rows {
+        let id: Uuid = row.try_get("message_id")?;
+        match row.try_get::<_, Json<OrderEvent>>("payload") {
+            Ok(Json(event)) => events.push(event),
+            Err(e) => unreadable.push((id, format!("payload is not an order event: {e}"))),
+        }
+    }
+    Ok((events, unreadable))
+}
+
+/// Records that the broker refused these rows: each keeps its failure count and last error
+/// and waits before its next attempt, longer after each failure (a minute doubling up to an
+/// hour), so that it never takes the place of the rows behind it.
+pub async fn record_publish_failures(
+    client: &impl GenericClient,
+    failures: &[(Uuid, String)],
+) -> Result<(), StoreError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let (ids, errors): (Vec<Uuid>, Vec<&str>) =
+        failures.iter().map(|(id, e)| (*id, e.as_str())).unzip();
+    client
+        .execute(
+            "UPDATE outbox o SET publish_failures = o.publish_failures + 1,
+                                 last_error = f.error,
+                                 next_attempt_at = now() + least(power(2, o.publish_failures), 60) * interval '1 minute'
+             FROM unnest($1::uuid[], $2::text[]) AS f(id, error)
+             WHERE o.message_id = f.id",
+            &[&ids, &errors],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes up to `limit` published rows older than `retention`. Message ids are UUID v7,
+/// so "older" is a range of the primary key and no other index is needed.
+pub async fn prune_published(
+    pool: &Pool,
+    retention: Duration,
+    limit: i64,
+) -> Result<u64, StoreError> {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(retention)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .unwrap_or_default();
+    // The smallest v7 id of that millisecond: its timestamp, the version and variant bits,
+    // nothing else.
+    let millis = u64::try_from(cutoff.as_millis()).unwrap_or(u64::MAX);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6] = 0x70;
+    bytes[8] = 0x80;
+    let bound = Uuid::from_bytes(bytes);
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM outbox WHERE message_id IN (
+                 SELECT message_id FROM outbox
+                 WHERE message_id < $1 AND published_at IS NOT NULL
+                 ORDER BY message_id LIMIT $2)",
+            &[&bound, &limit],
+        )
+        .await?)
 }
 
 /// How many outbox messages wait to be published.
