@@ -5,6 +5,7 @@ mod broker;
 mod event;
 mod processor;
 mod publisher;
+mod redrive;
 mod relay;
 mod topology;
 
@@ -12,8 +13,9 @@ pub use broker::{headers, Broker, BrokerError, Outgoing};
 pub use event::{EventType, OrderEvent};
 pub use processor::{
     AmazonMqEvent, BatchSummary, ProcessError, Processor, ATTEMPTS_HEADER, DLQ_REASON_HEADER,
-    LAST_ERROR_HEADER,
+    LAST_ERROR_HEADER, OUTAGE_WAITS_HEADER,
 };
 pub use publisher::{Publisher, MARK_WINDOW};
+pub use redrive::{redrive_parked, RedriveReport, RedriveRequest};
 pub use relay::{relay_once, relay_outbox, OutboxRelay, RelayError, RelayReport};
 pub use topology::{Topology, PROCESSOR_BINDINGS};
