@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::types::FieldTable;
 use shared::domain::{OrderId, OrderStatus};
 use shared::messaging::{relay_once, relay_outbox, OrderEvent, OutboxRelay};
-use system_tests::Harness;
+use system_tests::{EventMessage, Harness};
 
 #[tokio::test]
 async fn a_row_the_broker_refuses_stays_counted_and_the_others_go_out() {
@@ -116,6 +116,7 @@ async fn published_rows_are_pruned_after_their_retention() {
         publisher: h.publisher(),
         min_age: Duration::from_secs(3600),
         retention: Duration::from_secs(7 * 24 * 3600),
+        unsettled_after: Duration::from_secs(300),
     };
     let report = relay_once(&relay).await.unwrap();
     assert_eq!(report.pruned, 5);
@@ -131,5 +132,69 @@ async fn published_rows_are_pruned_after_their_retention() {
         h.db.scalar("SELECT count(*) FROM outbox WHERE created_at > now() - interval '1 hour'")
             .await
             >= 1
+    );
+}
+
+#[tokio::test]
+async fn orders_whose_events_the_broker_lost_are_announced_again_and_settle() {
+    let h = Harness::new().await;
+    let product = h.api.product("1.00", 10).await;
+    let lost_creation = h.api.order(&[(&product, 2)]).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shipped = h.api.order(&[(&product, 3)]).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.mark_confirmed().await;
+    // The broker confirmed the creation, then lost it (a queue deleted by hand, a node
+    // lost): nothing waits in the processor's queue.
+    h.broker.drain(&h.broker.topology.queue).await;
+    // The other order was processed and shipped, and the shipment's event lost too.
+    let processed = h
+        .handle(&[EventMessage::order_event(
+            "order.created",
+            &shipped,
+            "pending",
+        )])
+        .await;
+    assert_eq!(processed.applied, 1);
+    let ship = h
+        .api
+        .patch(
+            &format!("/orders/{shipped}/status"),
+            serde_json::json!({"status": "shipped"}),
+        )
+        .await;
+    assert_eq!(ship.status, 200);
+    h.mark_confirmed().await;
+    h.broker.drain(&h.broker.topology.queue).await;
+    assert_eq!(h.api.stock(&product).await, (10, 5));
+
+    let relay = OutboxRelay {
+        pool: h.db.pool.clone(),
+        publisher: h.publisher(),
+        min_age: Duration::from_secs(3600),
+        retention: Duration::from_secs(7 * 24 * 3600),
+        unsettled_after: Duration::from_secs(3),
+    };
+    // Not yet: they are younger than the period.
+    assert_eq!(relay_once(&relay).await.unwrap().reannounced, 0);
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(relay_once(&relay).await.unwrap().reannounced, 2);
+    // Once per period, not on every run.
+    assert_eq!(relay_once(&relay).await.unwrap().reannounced, 0);
+    h.settle().await;
+    assert_eq!(h.order_status(&lost_creation).await, "processed");
+    assert_eq!(h.order_status(&shipped).await, "shipped");
+    // The shipment committed its stock, once.
+    assert_eq!(h.api.stock(&product).await, (7, 2));
+    h.db.assert_always_invariants().await;
+    h.mark_confirmed().await;
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        0
     );
 }

@@ -19,6 +19,10 @@ const RELAY_PAGE: i64 = 500;
 /// Published rows older than this are deleted (`OUTBOX_RETENTION_DAYS`, default 7).
 const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Orders unsettled for longer than this are announced again (`UNSETTLED_ORDER_SECONDS`):
+/// far beyond the retry ladder's first steps, well before anyone waits in vain.
+const DEFAULT_UNSETTLED_AFTER: Duration = Duration::from_secs(300);
+
 /// At most this many published rows are deleted per run, so a run stays short after a long
 /// pause; the next runs catch up.
 const PRUNE_LIMIT: i64 = 20_000;
@@ -34,6 +38,8 @@ pub struct RelayReport {
     pub failed: usize,
     /// Ids and reasons of the failed rows.
     pub failures: Vec<String>,
+    /// Orders announced again because they did not settle in time.
+    pub reannounced: usize,
     /// Published rows deleted after the retention.
     pub pruned: u64,
     /// Idempotency keys forgotten after their lifetime.
@@ -94,15 +100,39 @@ pub async fn relay_outbox(
     }
 }
 
-/// The relay's scheduled run: publish what is left, then prune published rows past the
-/// retention and forget expired idempotency keys.
+/// The relay's scheduled run: publish what is left, announce again the orders that did not
+/// settle (their event may be lost), then prune published rows past the retention and
+/// forget expired idempotency keys.
 pub async fn relay_once(relay: &OutboxRelay) -> Result<RelayReport, RelayError> {
     let mut report = relay_outbox(&relay.pool, &relay.publisher, relay.min_age).await?;
+    let announced =
+        store::reannounce_unsettled(&relay.pool, relay.unsettled_after, RELAY_PAGE).await?;
+    if !announced.is_empty() {
+        tracing::warn!(
+            orders = announced.len(),
+            "orders unsettled for too long: announced again"
+        );
+        // Published now, by the run that wrote them; what is not confirmed stays in the
+        // outbox for the next run.
+        let messages: Vec<_> = announced
+            .iter()
+            .map(|e| relay.publisher.outgoing(e))
+            .collect();
+        let outcomes = relay.publisher.broker().publish_each(&messages).await?;
+        let confirmed: Vec<uuid::Uuid> = announced
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(event, outcome)| outcome.is_ok().then_some(event.message_id))
+            .collect();
+        store::mark_published(&relay.pool, &confirmed).await?;
+        report.reannounced = announced.len();
+    }
     report.pruned = store::prune_published(&relay.pool, relay.retention, PRUNE_LIMIT).await?;
     report.purged_keys = store::purge_idempotency_keys(&relay.pool).await?;
     tracing::info!(
         published = report.published,
         failed = report.failed,
+        reannounced = report.reannounced,
         pruned = report.pruned,
         purged_keys = report.purged_keys,
         "relay run"
@@ -139,6 +169,9 @@ pub struct OutboxRelay {
     pub min_age: Duration,
     /// `OUTBOX_RETENTION_DAYS`, default 7: published rows are kept this long, then deleted.
     pub retention: Duration,
+    /// `UNSETTLED_ORDER_SECONDS`, default 300: an order pending (or with its stock effect
+    /// not applied) for longer is announced again.
+    pub unsettled_after: Duration,
 }
 
 impl OutboxRelay {
@@ -162,11 +195,25 @@ impl OutboxRelay {
                 })?,
             Err(_) => DEFAULT_RETENTION,
         };
+        let unsettled_after = match std::env::var("UNSETTLED_ORDER_SECONDS") {
+            Ok(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs)
+                .ok_or_else(|| crate::config::ConfigError::Malformed {
+                    name: "UNSETTLED_ORDER_SECONDS",
+                    reason: "must be a positive number of seconds".into(),
+                })?,
+            Err(_) => DEFAULT_UNSETTLED_AFTER,
+        };
         Ok(Self {
             pool,
             publisher: Publisher::new(broker),
             min_age,
             retention,
+            unsettled_after,
         })
     }
 }

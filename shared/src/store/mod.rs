@@ -13,7 +13,7 @@ pub use orders::{
 };
 pub use outbox::{
     lock_unpublished, mark_published, prune_published, purge_idempotency_keys,
-    record_publish_failures, unpublished_count,
+    reannounce_unsettled, record_publish_failures, unpublished_count,
 };
 pub use outbox::{mark_published_with, SentMessages};
 pub use page::{Listing, Page, PageRequest, Position};

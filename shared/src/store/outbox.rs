@@ -208,3 +208,65 @@ pub async fn purge_idempotency_keys(pool: &Pool) -> Result<u64, StoreError> {
         )
         .await?)
 }
+
+/// Orders that have not settled for longer than `older_than` (still `pending`, or asked to
+/// ship or cancel while their stock is still reserved) and were not announced within it,
+/// at most `limit`: each gets a fresh event in the outbox, to be published now, and is
+/// stamped so the next runs leave it alone for another period. Processing is idempotent,
+/// so an announcement that crosses a late original changes nothing.
+pub async fn reannounce_unsettled(
+    pool: &Pool,
+    older_than: Duration,
+    limit: i64,
+) -> Result<Vec<OrderEvent>, StoreError> {
+    use crate::domain::{OrderId, OrderStatus};
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "WITH stale AS (
+                 SELECT id FROM orders
+                 WHERE (status = 'pending' OR (stock = 'reserved' AND status IN ('shipped', 'delivered', 'cancelled')))
+                   AND coalesce(announced_at, updated_at) < now() - make_interval(secs => $1)
+                 ORDER BY coalesce(announced_at, updated_at)
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE orders o SET announced_at = now() FROM stale WHERE o.id = stale.id
+             RETURNING o.id, o.status",
+            &[&older_than.as_secs_f64(), &limit],
+        )
+        .await?;
+    let now = chrono::Utc::now();
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id = OrderId::from_uuid(row.try_get("id")?);
+        let status: String = row.try_get("status")?;
+        let event = match OrderStatus::parse(&status) {
+            Some(OrderStatus::Pending) => OrderEvent::created(id, now, "reannounced"),
+            // A delivered order was shipped: the shipment carries the stock commit.
+            Some(OrderStatus::Shipped | OrderStatus::Delivered) => {
+                OrderEvent::status_changed(id, OrderStatus::Shipped, now, "reannounced")
+            }
+            Some(OrderStatus::Cancelled) => {
+                OrderEvent::status_changed(id, OrderStatus::Cancelled, now, "reannounced")
+            }
+            _ => return Err(super::corrupt("unsettled order status", status)),
+        };
+        events.push(event);
+    }
+    if !events.is_empty() {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
+        let keys: Vec<String> = events.iter().map(OrderEvent::routing_key).collect();
+        let payloads: Vec<Json<serde_json::Value>> =
+            events.iter().map(|e| Json(e.to_json())).collect();
+        tx.execute(
+            "INSERT INTO outbox (message_id, routing_key, payload)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[])",
+            &[&ids, &keys, &payloads],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(events)
+}
