@@ -27,6 +27,10 @@ pub const ATTEMPTS_HEADER: &str = "x-attempts";
 pub const DLQ_REASON_HEADER: &str = "x-dlq-reason";
 /// Header naming why the last attempt failed, on messages waiting to be retried.
 pub const LAST_ERROR_HEADER: &str = "x-last-error";
+/// Deliveries of a redelivered batch after which the message being tried when the
+/// invocation died is parked as the culprit.
+pub const POISON_DELIVERIES: i32 = 3;
+
 /// Header counting the outages of ours a message has waited out: they set its delay, never
 /// its attempts.
 pub const OUTAGE_WAITS_HEADER: &str = "x-outage-waits";
@@ -90,6 +94,9 @@ struct AmazonMqMessage {
     basic_properties: AmazonMqProperties,
     #[serde(default)]
     data: Option<String>,
+    /// Set by the broker on a message it delivered before: its batch failed or timed out.
+    #[serde(default)]
+    redelivered: bool,
 }
 
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -166,7 +173,12 @@ impl Processor {
             .filter_map(|(i, m)| m.decoded.clone().ok().flatten().map(|c| (i, c)))
             .collect();
         if !commands.is_empty() {
-            self.apply(&commands, &mut dispositions).await;
+            if incoming.iter().any(|m| m.message.redelivered) {
+                self.apply_guarded(&incoming, &commands, &mut dispositions)
+                    .await;
+            } else {
+                self.apply(&commands, &mut dispositions).await;
+            }
         }
 
         let summary = self.route_failures(&incoming, &dispositions).await?;
@@ -232,6 +244,48 @@ impl Processor {
                     };
                 }
             }
+        }
+    }
+
+    /// A redelivered batch: an earlier invocation with it crashed or ran out of time, and
+    /// one of its messages may be why. Each message is applied on its own, counted before
+    /// its try and forgotten after it, so the one that keeps failing the invocation is the
+    /// one whose count grows; after [`POISON_DELIVERIES`] it is parked and the rest go on.
+    async fn apply_guarded(
+        &self,
+        incoming: &[Incoming],
+        commands: &[(usize, (OrderId, OrderCommand, String))],
+        dispositions: &mut [Disposition],
+    ) {
+        for (index, command) in commands {
+            let label = &incoming[*index].label;
+            dispositions[*index] = match store::count_delivery(&self.pool, label).await {
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
+                    Disposition::Wait("database unavailable".into())
+                }
+                Ok(tries) if tries >= POISON_DELIVERIES => {
+                    tracing::error!(message = %label, tries, "message keeps failing the invocation; parking it");
+                    let _ = store::forget_delivery(&self.pool, label).await;
+                    Disposition::Park(format!(
+                        "crashed or timed out the processor on {tries} deliveries"
+                    ))
+                }
+                Ok(_) => {
+                    let outcome = match self.apply_and_publish(std::slice::from_ref(command)).await
+                    {
+                        Ok(outcomes) => disposition(outcomes.get(&(command.0, command.1)).copied()),
+                        Err(e) if e.is_unavailable() => {
+                            Disposition::Wait("database unavailable".into())
+                        }
+                        Err(e) => Disposition::Retry(format!("database error: {e}")),
+                    };
+                    if let Err(e) = store::forget_delivery(&self.pool, label).await {
+                        tracing::warn!(error = %error_chain(&e), message = %label, "delivery count not forgotten");
+                    }
+                    outcome
+                }
+            };
         }
     }
 

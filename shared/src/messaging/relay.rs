@@ -129,6 +129,7 @@ pub async fn relay_once(relay: &OutboxRelay) -> Result<RelayReport, RelayError> 
     }
     report.pruned = store::prune_published(&relay.pool, relay.retention, PRUNE_LIMIT).await?;
     report.purged_keys = store::purge_idempotency_keys(&relay.pool).await?;
+    store::prune_delivery_counts(&relay.pool).await?;
     tracing::info!(
         published = report.published,
         failed = report.failed,

@@ -17,7 +17,10 @@ pub use outbox::{
 };
 pub use outbox::{mark_published_with, SentMessages};
 pub use page::{Listing, Page, PageRequest, Position};
-pub use processing::{apply_order_commands, AppliedBatch, CommandOutcome, OrderCommand};
+pub use processing::{
+    apply_order_commands, count_delivery, forget_delivery, prune_delivery_counts, AppliedBatch,
+    CommandOutcome, OrderCommand,
+};
 pub use products::{
     adjust_inventory, create_product, get_product, list_products, list_stock_movements,
     update_product, NewProduct, ProductPatch, StockMovement, StockMovementDelta,

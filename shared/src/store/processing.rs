@@ -324,3 +324,44 @@ pub async fn apply_order_commands(
     tx.commit().await?;
     Ok(batch)
 }
+
+/// Counts one more guarded try of `message_id` (committed before the try, so a crash in
+/// the try leaves it counted) and returns how many there have been.
+pub async fn count_delivery(pool: &Pool, message_id: &str) -> Result<i32, StoreError> {
+    let client = pool.get().await?;
+    let statement = super::prepared(
+        &client,
+        "INSERT INTO processor_deliveries (message_id, deliveries) VALUES ($1, 1)
+         ON CONFLICT (message_id) DO UPDATE
+             SET deliveries = processor_deliveries.deliveries + 1, last_seen = now()
+         RETURNING deliveries",
+    )
+    .await?;
+    Ok(client
+        .query_one(&statement, &[&message_id])
+        .await?
+        .try_get(0)?)
+}
+
+/// Forgets the count of a message that went through (or was parked).
+pub async fn forget_delivery(pool: &Pool, message_id: &str) -> Result<(), StoreError> {
+    let client = pool.get().await?;
+    let statement = super::prepared(
+        &client,
+        "DELETE FROM processor_deliveries WHERE message_id = $1",
+    )
+    .await?;
+    client.execute(&statement, &[&message_id]).await?;
+    Ok(())
+}
+
+/// Forgets counts of messages not seen for a day: their batch went through some other way.
+pub async fn prune_delivery_counts(pool: &Pool) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM processor_deliveries WHERE last_seen < now() - interval '1 day'",
+            &[],
+        )
+        .await?)
+}
