@@ -2,6 +2,7 @@
 
 mod caller;
 mod currency;
+mod event;
 mod ids;
 mod money;
 mod order;
@@ -12,6 +13,7 @@ mod text;
 
 pub use caller::{scopes_in_claim, Caller, CallerError, Staff, STAFF_SCOPE, SYSTEM};
 pub use currency::Currency;
+pub use event::{EventType, OrderEvent};
 pub use ids::{OrderId, ProductId};
 pub use money::Money;
 pub use order::{Order, OrderLine, OrderLines, StatusChange, MAX_ORDER_LINES};

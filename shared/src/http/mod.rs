@@ -248,19 +248,20 @@ impl ApiState {
         Ok(Self { pool, publisher })
     }
 
-    /// Outbox messages confirmed since the last transaction, for the next one to mark.
-    pub(crate) fn take_confirmed(&self) -> crate::store::SentMessages {
-        self.publisher
-            .as_ref()
-            .map(Publisher::take_confirmed)
-            .unwrap_or_default()
-    }
-
-    /// Gives back marks whose transaction did not commit them.
-    pub(crate) fn keep_confirmed(&self, sent: crate::store::SentMessages) {
-        if let Some(publisher) = &self.publisher {
-            publisher.keep_confirmed(sent);
-        }
+    /// Runs a write use case with the publisher's unit of work ([`Publisher::write`]);
+    /// without a broker, its events wait in the outbox for the relay.
+    pub(crate) async fn write<T, F, Fut>(&self, use_case: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(crate::store::SentMessages) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<crate::store::Written<T>, crate::store::StoreError>,
+        >,
+    {
+        let value = match &self.publisher {
+            Some(publisher) => publisher.write(use_case).await?,
+            None => use_case(crate::store::SentMessages::none()).await?.value,
+        };
+        Ok(value)
     }
 }
 

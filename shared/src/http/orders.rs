@@ -151,29 +151,25 @@ pub(super) async fn create(
         key,
         fingerprint: new.fingerprint(),
     });
-    let sent = state.take_confirmed();
-    let outcome = store::create_order(
-        &state.pool,
-        &new,
-        caller,
-        idempotency.as_ref(),
-        &request_id(request),
-        &sent,
-    )
-    .await;
-    if !matches!(outcome, Ok(CreateOrderOutcome::Created { .. })) {
-        state.keep_confirmed(sent);
-    }
-    let response = match outcome? {
-        CreateOrderOutcome::Created { order, body, event } => {
-            if let Some(publisher) = &state.publisher {
-                publisher.publish_committed(&[event]).await;
-            }
-            with_location(
-                raw_json_response(201, body),
-                format!("/orders/{}", order.id),
+    let request_id = request_id(request);
+    let outcome = state
+        .write(|sent| async move {
+            store::create_order(
+                &state.pool,
+                &new,
+                caller,
+                idempotency.as_ref(),
+                &request_id,
+                &sent,
             )
-        }
+            .await
+        })
+        .await?;
+    let response = match outcome {
+        CreateOrderOutcome::Created { order, body } => with_location(
+            raw_json_response(201, body),
+            format!("/orders/{}", order.id),
+        ),
         CreateOrderOutcome::Replayed { order_id, body } => {
             let mut response =
                 with_location(raw_json_response(201, body), format!("/orders/{order_id}"));
@@ -291,13 +287,11 @@ pub(super) async fn update_status(
             "a customer may only cancel its own orders; other status changes are staff's".into(),
         ));
     }
-    let sent = state.take_confirmed();
-    let (order, event) =
-        store::update_order_status(&state.pool, caller, id, status, &request_id(request), &sent)
-            .await
-            .inspect_err(|_| state.keep_confirmed(sent))?;
-    if let (Some(publisher), Some(event)) = (&state.publisher, event) {
-        publisher.publish_committed(&[event]).await;
-    }
+    let request_id = request_id(request);
+    let order = state
+        .write(|sent| async move {
+            store::update_order_status(&state.pool, caller, id, status, &request_id, &sent).await
+        })
+        .await?;
     json_response(200, &order)
 }

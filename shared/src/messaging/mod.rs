@@ -2,15 +2,14 @@
 //! outbox, and the processor that applies them.
 
 mod broker;
-mod event;
 mod processor;
 mod publisher;
 mod redrive;
 mod relay;
 mod topology;
 
+pub use crate::domain::{EventType, OrderEvent};
 pub use broker::{headers, Broker, BrokerError, Outgoing};
-pub use event::{EventType, OrderEvent};
 pub use processor::{
     AmazonMqEvent, BatchSummary, ProcessError, Processor, ATTEMPTS_HEADER, DLQ_REASON_HEADER,
     LAST_ERROR_HEADER, OUTAGE_WAITS_HEADER,

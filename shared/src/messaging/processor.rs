@@ -292,16 +292,12 @@ impl Processor {
     async fn apply_and_publish(
         &self,
         commands: &[(OrderId, OrderCommand, String)],
-    ) -> Result<std::collections::HashMap<(OrderId, OrderCommand), CommandOutcome>, StoreError>
-    {
-        let sent = self.publisher.take_confirmed();
-        let batch = store::apply_order_commands(&self.pool, commands, &sent)
+    ) -> Result<store::BatchOutcomes, StoreError> {
+        self.publisher
+            .write(|sent| async move {
+                store::apply_order_commands(&self.pool, commands, &sent).await
+            })
             .await
-            .inspect_err(|_| self.publisher.keep_confirmed(sent))?;
-        if !batch.events.is_empty() {
-            self.publisher.publish_committed(&batch.events).await;
-        }
-        Ok(batch.outcomes)
     }
 
     /// Sends retried messages to their delay queue and parked ones to the dead-letter queue,

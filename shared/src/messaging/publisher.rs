@@ -117,6 +117,33 @@ impl Publisher {
         awaiting.push(task);
     }
 
+    /// Runs a write use case as a unit of work: it is handed the confirmed ids to mark in
+    /// its transaction; they come back here unless it marked them; the events it committed
+    /// are sent right after (within [`SEND_BUDGET`]). A use case states what it does, and
+    /// this bookkeeping is done the same way for every one.
+    pub async fn write<T, F, Fut>(&self, use_case: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(SentMessages) -> Fut,
+        Fut: std::future::Future<Output = Result<store::Written<T>, StoreError>>,
+    {
+        let sent = self.take_confirmed();
+        match use_case(sent.clone()).await {
+            Ok(written) => {
+                if !written.marked {
+                    self.keep_confirmed(sent);
+                }
+                if !written.events.is_empty() {
+                    self.publish_committed(&written.events).await;
+                }
+                Ok(written.value)
+            }
+            Err(e) => {
+                self.keep_confirmed(sent);
+                Err(e)
+            }
+        }
+    }
+
     /// The ids confirmed since the last call, for the caller's next transaction to mark
     /// sent. Give them back with [`Publisher::keep_confirmed`] if that transaction fails.
     ///

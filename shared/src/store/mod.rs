@@ -15,10 +15,10 @@ pub use outbox::{
     lock_unpublished, mark_published, prune_published, purge_idempotency_keys,
     reannounce_unsettled, record_publish_failures, unpublished_count,
 };
-pub use outbox::{mark_published_with, SentMessages};
+pub use outbox::{mark_published_with, SentMessages, Written};
 pub use page::{Listing, Page, PageRequest, Position};
 pub use processing::{
-    apply_order_commands, count_delivery, forget_delivery, prune_delivery_counts, AppliedBatch,
+    apply_order_commands, count_delivery, forget_delivery, prune_delivery_counts, BatchOutcomes,
     CommandOutcome, OrderCommand,
 };
 pub use products::{

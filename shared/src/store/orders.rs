@@ -11,12 +11,12 @@ use uuid::Uuid;
 use super::outbox::mark_sent;
 use super::{
     corrupt, prepared, Listing, Page, PageRequest, Position, SentMessages, Shortage, StoreError,
+    Written,
 };
 use crate::domain::{
-    Actor, Caller, Currency, CustomerId, IdempotencyKey, Money, Order, OrderId, OrderLine,
-    OrderLines, OrderStatus, ProductId, Quantity, StatusChange,
+    Actor, Caller, Currency, CustomerId, IdempotencyKey, Money, Order, OrderEvent, OrderId,
+    OrderLine, OrderLines, OrderStatus, ProductId, Quantity, StatusChange,
 };
-use crate::messaging::OrderEvent;
 
 /// An order as `POST /orders` asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,12 +51,8 @@ pub struct OrderIdempotency {
 
 #[derive(Debug, Clone)]
 pub enum CreateOrderOutcome {
-    /// A new order; `body` is its 201 response, stored with the key; `event` is in the outbox.
-    Created {
-        order: Box<Order>,
-        body: String,
-        event: OrderEvent,
-    },
+    /// A new order; `body` is its 201 response, stored with the key.
+    Created { order: Box<Order>, body: String },
     /// The key was used before for the same request: the first response, verbatim.
     Replayed { order_id: OrderId, body: String },
 }
@@ -82,7 +78,7 @@ pub async fn create_order(
     idempotency: Option<&OrderIdempotency>,
     correlation_id: &str,
     sent: &SentMessages,
-) -> Result<CreateOrderOutcome, StoreError> {
+) -> Result<Written<CreateOrderOutcome>, StoreError> {
     let mut client = pool.get().await?;
     let placement = Placement::new(new, creator.subject(), correlation_id);
     for _ in 0..PLACE_ATTEMPTS {
@@ -93,8 +89,19 @@ pub async fn create_order(
                 .transpose()?,
             Some(idem) => create_with_key(&mut client, &placement, idem, sent).await?,
         };
-        if let Some(outcome) = attempt {
-            return Ok(outcome);
+        match attempt {
+            Some(created @ CreateOrderOutcome::Created { .. }) => {
+                return Ok(Written::committed(created, vec![placement.event.clone()]))
+            }
+            // Nothing was written, nor were the marks.
+            Some(replayed @ CreateOrderOutcome::Replayed { .. }) => {
+                return Ok(Written {
+                    value: replayed,
+                    events: Vec::new(),
+                    marked: false,
+                })
+            }
+            None => {}
         }
     }
     Err(StoreError::Unavailable(Box::new(StockKeptMoving)))
@@ -211,7 +218,6 @@ impl<'a> Placement<'a> {
         Ok(CreateOrderOutcome::Created {
             order: Box::new(order),
             body,
-            event: self.event.clone(),
         })
     }
 }
@@ -769,7 +775,7 @@ pub async fn update_order_status(
     to: OrderStatus,
     correlation_id: &str,
     sent: &SentMessages,
-) -> Result<(Order, Option<OrderEvent>), StoreError> {
+) -> Result<Written<Order>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let lock_order = prepared(
@@ -788,7 +794,7 @@ pub async fn update_order_status(
     if from == to {
         let (order, ()) = tokio::try_join!(load_order(&tx, caller, id), mark_sent(&tx, sent))?;
         tx.commit().await?;
-        return Ok((order, None));
+        return Ok(Written::committed(order, Vec::new()));
     }
     if !from.can_become(to, Actor::Client) {
         return Err(StoreError::InvalidTransition {
@@ -828,5 +834,5 @@ pub async fn update_order_status(
     tokio::try_join!(change, mark_sent(&tx, sent))?;
     let order = load_order(&tx, caller, id).await?;
     tx.commit().await?;
-    Ok((order, Some(event)))
+    Ok(Written::committed(order, vec![event]))
 }

@@ -5,7 +5,7 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::{prepared, StoreError};
-use crate::messaging::OrderEvent;
+use crate::domain::OrderEvent;
 
 /// Outbox messages the broker confirmed, handed to a transaction to be marked sent with its
 /// own work, in the same round trip.
@@ -35,6 +35,27 @@ impl SentMessages {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+}
+
+/// What a write use case committed: its answer, the events it wrote to the outbox (to be
+/// sent right after), and whether its transaction marked the [`SentMessages`] it was handed
+/// (when it did not commit, or committed nothing, they are to be handed to the next one).
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub events: Vec<OrderEvent>,
+    pub marked: bool,
+}
+
+impl<T> Written<T> {
+    /// A committed transaction that marked what it was handed.
+    pub fn committed(value: T, events: Vec<OrderEvent>) -> Self {
+        Self {
+            value,
+            events,
+            marked: true,
+        }
     }
 }
 

@@ -10,9 +10,8 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::outbox::mark_sent;
-use super::{corrupt, SentMessages, StoreError};
-use crate::domain::{Actor, OrderId, OrderStatus, StockEffect};
-use crate::messaging::OrderEvent;
+use super::{corrupt, SentMessages, StoreError, Written};
+use crate::domain::{Actor, OrderEvent, OrderId, OrderStatus, StockEffect};
 
 /// What a message asks the processor to do with an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,12 +77,14 @@ struct LockedOrder {
     lines: Vec<(Uuid, i64, bool)>,
 }
 
-/// The result of a batch: an outcome per (order, command), and the status events the batch
-/// wrote to the outbox, to publish after commit.
+/// An outcome per (order, command) of a batch.
+pub type BatchOutcomes = HashMap<(OrderId, OrderCommand), CommandOutcome>;
+
+/// What a batch decided, before it is written.
 #[derive(Debug, Default)]
-pub struct AppliedBatch {
-    pub outcomes: HashMap<(OrderId, OrderCommand), CommandOutcome>,
-    pub events: Vec<OrderEvent>,
+struct AppliedBatch {
+    outcomes: BatchOutcomes,
+    events: Vec<OrderEvent>,
 }
 
 /// Applies `commands` (one per order and kind; duplicates are merged by the caller or here)
@@ -98,7 +99,7 @@ pub async fn apply_order_commands(
     pool: &Pool,
     commands: &[(OrderId, OrderCommand, String)],
     sent: &SentMessages,
-) -> Result<AppliedBatch, StoreError> {
+) -> Result<Written<BatchOutcomes>, StoreError> {
     let mut by_order: BTreeMap<OrderId, Vec<(OrderCommand, &str)>> = BTreeMap::new();
     for (order, command, correlation) in commands {
         by_order
@@ -322,7 +323,7 @@ pub async fn apply_order_commands(
         .await?;
     }
     tx.commit().await?;
-    Ok(batch)
+    Ok(Written::committed(batch.outcomes, batch.events))
 }
 
 /// Counts one more guarded try of `message_id` (committed before the try, so a crash in

@@ -1,8 +1,11 @@
+//! The order event contract (API.md, Messages): a value, written to the outbox by the store
+//! and published by messaging, so it lives below both.
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{OrderId, OrderStatus};
+use super::{OrderId, OrderStatus};
 
 /// What happened to an order, as published on the `orders` exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
