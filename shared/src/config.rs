@@ -146,6 +146,45 @@ pub struct DatabaseConfig {
     /// one long wait and the commit stay under the HTTP functions' 10 s. `None` (set-up,
     /// tests, bench seeding) leaves the server's default.
     pub statement_timeout: Option<Duration>,
+    /// Where the credentials are read again when the database refuses them (RDS rotates
+    /// the password it manages): the secret, when they came from one.
+    pub credentials: Option<CredentialSource>,
+}
+
+/// A user name and password, as a secret holds them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+type CredentialsFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Credentials, ConfigError>> + Send>>;
+
+/// Reads the current credentials: built once, called on every authentication failure.
+pub type CredentialSource = std::sync::Arc<dyn Fn() -> CredentialsFuture + Send + Sync>;
+
+/// The credentials of the secret `DATABASE_SECRET_ARN`, read again on each call.
+fn secret_credentials(arn: String) -> CredentialSource {
+    std::sync::Arc::new(move || {
+        let arn = arn.clone();
+        Box::pin(async move {
+            let secret = read_secret("DATABASE_SECRET_ARN", &arn).await?;
+            Ok(Credentials {
+                user: secret_field(&secret, "DATABASE_SECRET_ARN", "username", None)?,
+                password: secret_field(&secret, "DATABASE_SECRET_ARN", "password", None)?
+                    .into_bytes(),
+            })
+        })
+    })
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -174,6 +213,7 @@ impl DatabaseConfig {
                 let connect = postgres_from_secret(&secret)?;
                 Self {
                     connect,
+                    credentials: Some(secret_credentials(arn)),
                     ..Self::from_url("postgres://localhost")?
                 }
             }
@@ -205,6 +245,7 @@ impl DatabaseConfig {
             ca_file: None,
             timeout: Duration::from_secs(3),
             statement_timeout: None,
+            credentials: None,
         })
     }
 }

@@ -1,12 +1,17 @@
 //! The PostgreSQL pool and the schema migrations.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{
+    Connect, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
+};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{NoTls, Socket};
 
-use crate::config::{ConfigError, DatabaseConfig};
+use crate::config::{ConfigError, CredentialSource, Credentials, DatabaseConfig};
+use crate::telemetry::error_chain;
 
 mod embedded {
     refinery::embed_migrations!("../migrations");
@@ -36,9 +41,16 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
+    let source = config.credentials.clone();
     let manager = match connect.get_ssl_mode() {
-        SslMode::Disable => Manager::from_config(connect, NoTls, manager_config),
-        _ => Manager::from_config(connect, tls_connector(config)?, manager_config),
+        SslMode::Disable => {
+            Manager::from_connect(connect, RotatingConnect::new(NoTls, source), manager_config)
+        }
+        _ => Manager::from_connect(
+            connect,
+            RotatingConnect::new(tls_connector(config)?, source),
+            manager_config,
+        ),
     };
     Pool::builder(manager)
         .max_size(config.pool_size)
@@ -53,6 +65,121 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
             name: "DATABASE_URL",
             reason: e.to_string(),
         })
+}
+
+/// Opens the pool's connections with the latest credentials. When the database refuses
+/// them (`28P01`: RDS rotated the password), it reads them again from their source and tries
+/// once more; until the source has the new ones, connecting fails and requests get 503.
+/// Connections already open stay valid: a password change ends no session.
+struct RotatingConnect<T> {
+    tls: T,
+    source: Option<CredentialSource>,
+    /// Set once credentials were read again; `None` while the configured ones hold.
+    current: Arc<RwLock<Option<Credentials>>>,
+    /// One re-read at a time: connections failing together wait for the same read.
+    reading: tokio::sync::Mutex<()>,
+}
+
+impl<T> RotatingConnect<T> {
+    fn new(tls: T, source: Option<CredentialSource>) -> Self {
+        Self {
+            tls,
+            source,
+            current: Arc::default(),
+            reading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<Credentials> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn with_credentials(
+    config: &tokio_postgres::Config,
+    credentials: Option<&Credentials>,
+) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    if let Some(credentials) = credentials {
+        config
+            .user(&credentials.user)
+            .password(&credentials.password);
+    }
+    config
+}
+
+fn is_refused_credentials(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
+}
+
+impl<T> Connect for RotatingConnect<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        (tokio_postgres::Client, tokio::task::JoinHandle<()>),
+                        tokio_postgres::Error,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            let used = self.current();
+            let first = with_credentials(&pg_config, used.as_ref())
+                .connect(self.tls.clone())
+                .await;
+            let (client, connection) = match (first, &self.source) {
+                (Err(e), Some(source)) if is_refused_credentials(&e) => {
+                    let _reading = self.reading.lock().await;
+                    // Another connection may have read them while this one waited.
+                    let fresh = match self.current() {
+                        newer if newer != used => newer,
+                        _ => match source().await {
+                            Ok(read) => {
+                                tracing::warn!(
+                                    "the database refused its credentials; read them again"
+                                );
+                                *self.current.write().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(read.clone());
+                                Some(read)
+                            }
+                            Err(read_error) => {
+                                tracing::error!(error = %error_chain(&read_error), "cannot read the database credentials again");
+                                return Err(e);
+                            }
+                        },
+                    };
+                    with_credentials(&pg_config, fresh.as_ref())
+                        .connect(self.tls.clone())
+                        .await?
+                }
+                (result, _) => result?,
+            };
+            let task = tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "database connection ended");
+                }
+            });
+            Ok((client, task))
+        })
+    }
 }
 
 fn tls_connector(

@@ -81,7 +81,9 @@ impl StoreError {
 /// from PostgreSQL is a bug of ours (500).
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
-        if is_connection_failure(&error) || is_timeout(&error) {
+        // Refused credentials mean a rotation in progress (the pool reads them again):
+        // like a database that is away, it passes.
+        if is_connection_failure(&error) || is_timeout(&error) || is_refused_credentials(&error) {
             StoreError::Unavailable(Box::new(error))
         } else {
             StoreError::Database(error)
@@ -100,6 +102,13 @@ impl From<PoolError> for StoreError {
 
 /// A statement or lock wait that ran out of its bound (the session's `statement_timeout`
 /// or `lock_timeout`): PostgreSQL undid the transaction, and a retry may well succeed.
+fn is_refused_credentials(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
+}
+
 fn is_timeout(error: &tokio_postgres::Error) -> bool {
     error.code().is_some_and(|code| {
         *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE
