@@ -631,37 +631,88 @@ async fn explain(
     Ok(())
 }
 
-/// One point: a fresh connection, `warmup` requests, then the rest measured one at a time.
-struct Point {
-    measured: Measured,
-    items: f64,
-    plan: Plan,
-    foreign: f64,
+/// Blocks PostgreSQL read into shared buffers (from the OS, or the disk when the OS no longer
+/// holds them), blocks it found there, and the time the reads took, in the bench database.
+#[derive(Debug, Clone, Copy, Default)]
+struct Io {
+    read: i64,
+    hit: i64,
+    read_ms: f64,
 }
 
-async fn measure(
-    db: &TestDb,
-    filter: &Filter,
-    samples: &[Sample],
-    settings: &Settings,
-    monitor: &ForeignCpu,
-) -> Point {
-    let state = ApiState {
-        pool: seed::pool(&db.url, 1),
-        publisher: None,
-    };
-    let events: Vec<String> = samples.iter().map(|s| event(filter, s)).collect();
-    for event in events.iter().take(settings.warmup) {
-        let _ = invoke(&state, event).await;
+impl Io {
+    /// The database's counters, once `sessions` have flushed what they counted so far.
+    async fn now(admin: &tokio_postgres::Client, sessions: &[&tokio_postgres::Client]) -> Self {
+        for session in sessions.iter().chain([&admin]) {
+            // The session's statistics are flushed when it goes idle after this.
+            session
+                .batch_execute("SELECT pg_stat_force_next_flush()")
+                .await
+                .expect("flush statistics");
+        }
+        let row = admin
+            .query_one(
+                "SELECT blks_read, blks_hit, blk_read_time FROM pg_stat_database WHERE datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("database statistics");
+        Self {
+            read: row.get(0),
+            hit: row.get(1),
+            read_ms: row.get(2),
+        }
     }
+
+    fn since(self, before: Io) -> Io {
+        Io {
+            read: self.read - before.read,
+            hit: self.hit - before.hit,
+            read_ms: self.read_ms - before.read_ms,
+        }
+    }
+
+    fn per_request(self, requests: u64) -> (f64, f64) {
+        let n = requests.max(1) as f64;
+        (self.read as f64 / n, self.read_ms / n)
+    }
+
+    fn to_json(self, requests: u64) -> Value {
+        let (read, ms) = self.per_request(requests);
+        json!({
+            "blocksReadPerRequest": round(read, 1),
+            "blocksHitPerRequest": round(self.hit as f64 / requests.max(1) as f64, 1),
+            "readMsPerRequest": round(ms, 3),
+        })
+    }
+}
+
+/// One pass over the requests, one at a time.
+struct Pass {
+    measured: Measured,
+    items: f64,
+    io: Io,
+    /// The slowest request.
+    slowest: usize,
+}
+
+async fn pass(
+    state: &ApiState,
+    admin: &tokio_postgres::Client,
+    events: &[String],
+    monitor: &ForeignCpu,
+) -> Pass {
+    let session = state.pool.get().await.expect("the point's connection");
+    let before = Io::now(admin, &[&session]).await;
+    drop(session);
     let mark = monitor.mark();
     let start = Instant::now();
-    let mut micros = Vec::with_capacity(settings.samples);
-    let (mut failures, mut items, mut slowest) = (0u64, 0usize, (0u64, settings.warmup));
+    let mut micros = Vec::with_capacity(events.len());
+    let (mut failures, mut items, mut slowest) = (0u64, 0usize, (0u64, 0usize));
     let mut first_failure = None;
-    for (i, event) in events.iter().enumerate().skip(settings.warmup) {
+    for (i, event) in events.iter().enumerate() {
         let began = Instant::now();
-        let response = invoke(&state, event).await;
+        let response = invoke(state, event).await;
         let took = began.elapsed().as_micros() as u64;
         let body: &[u8] = response.body().as_ref();
         if response.status().as_u16() == 200 {
@@ -688,13 +739,61 @@ async fn measure(
     let mut measured = Measured::from_micros(micros, start.elapsed().as_secs_f64(), failures);
     measured.first_failure = first_failure;
     measured.cpu = settle(monitor, mark).await;
-    let foreign = measured.cpu.foreign_percent();
-    let plan = plan(&state, filter, &samples[slowest.1]).await;
-    Point {
+    let session = state.pool.get().await.expect("the point's connection");
+    let io = Io::now(admin, &[&session]).await.since(before);
+    Pass {
         items: items as f64 / measured.count.max(1) as f64,
         measured,
+        io,
+        slowest: slowest.1,
+    }
+}
+
+/// One point: a fresh connection, `warmup` requests, the others measured one at a time (the
+/// figure), then the same requests again, their pages now in memory (what the reads cost),
+/// and the plan.
+struct Point {
+    measured: Measured,
+    items: f64,
+    io: Io,
+    again: Measured,
+    again_io: Io,
+    plan: Plan,
+    foreign: f64,
+}
+
+async fn measure(
+    db: &TestDb,
+    admin: &tokio_postgres::Client,
+    filter: &Filter,
+    samples: &[Sample],
+    settings: &Settings,
+    monitor: &ForeignCpu,
+) -> Point {
+    let state = ApiState {
+        pool: seed::pool(&db.url, 1),
+        publisher: None,
+    };
+    let events: Vec<String> = samples.iter().map(|s| event(filter, s)).collect();
+    let (warmup, measured) = events.split_at(settings.warmup.min(events.len()));
+    for event in warmup {
+        let _ = invoke(&state, event).await;
+    }
+    let first = pass(&state, admin, measured, monitor).await;
+    let again = pass(&state, admin, measured, monitor).await;
+    let plan = plan(&state, filter, &samples[warmup.len() + first.slowest]).await;
+    Point {
+        foreign: first
+            .measured
+            .cpu
+            .foreign_percent()
+            .max(again.measured.cpu.foreign_percent()),
+        measured: first.measured,
+        items: first.items,
+        io: first.io,
+        again: again.measured,
+        again_io: again.io,
         plan,
-        foreign,
     }
 }
 
@@ -789,6 +888,16 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
     )
     .await;
 
+    // How long the point's reads wait for the OS or the disk (the timing costs two clock
+    // reads per block read; nothing else changes).
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET track_io_timing = on",
+            db.name
+        ))
+        .await
+        .expect("track_io_timing for the bench database");
+
     let per_point = settings.warmup + settings.samples;
     let mut table = String::new();
     let _ = writeln!(
@@ -803,32 +912,38 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
     );
     let _ = writeln!(
         table,
-        "{} requests per point after {} unmeasured; first: customer of a random order, random week; deep: from a cursor at a random position {}+ pages in (customers: the accounts that have them)",
+        "{} requests per point after {} unmeasured; first page: a random order's customer, a random week; deep: from a cursor at a random position {}+ pages in (customers: the accounts that have such pages);",
         settings.samples, settings.warmup, DEEP_PAGES
     );
     let _ = writeln!(
         table,
-        "{:<37} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} | {:>6} {:>5}",
-        "filter", "first", "p99 ms", "items", "deep", "p99 ms", "items", "errors", "fgn%"
+        "blk rd: blocks PostgreSQL read into shared buffers per request, rd ms: time those reads took; again: the same requests once more, their blocks now in memory"
     );
     let _ = writeln!(
         table,
-        "{:<37} | {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} | {:>6} {:>5}",
-        "", "p50 ms", "", "", "p50 ms", "", "", "", ""
+        "{:<37} {:>5} | {:>8} {:>8} {:>5} | {:>7} {:>6} | {:>8} {:>8} | {:>6} {:>5}",
+        "filter",
+        "page",
+        "p50 ms",
+        "p99 ms",
+        "items",
+        "blk rd",
+        "rd ms",
+        "again",
+        "p99",
+        "errors",
+        "fgn%"
     );
     let mut plans = String::new();
     let _ = writeln!(
         plans,
-        "plans: EXPLAIN (ANALYZE, BUFFERS) EXECUTE of the handler's prepared statement on its connection, slowest request's parameters"
+        "plans: EXPLAIN (ANALYZE, BUFFERS) EXECUTE of the handler's prepared statement on its connection after the point, with the slowest request's parameters"
     );
     let mut targets = Vec::new();
     let mut foreigns = Vec::new();
     let mut points = Vec::new();
     let mut problems = String::new();
     for filter in &FILTERS {
-        let mut cells = Vec::new();
-        let mut errors = 0;
-        let mut worst_foreign: f64 = 0.0;
         for depth in [Depth::First, Depth::Deep] {
             let samples = match depth {
                 Depth::First => first_samples(&admin, filter, week0, per_point).await,
@@ -836,16 +951,21 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
             };
             let label = format!("search {} {}", filter.key, depth.key());
             if samples.is_empty() {
-                eprintln!("[{label}] no position {DEEP_PAGES} pages deep: not measured");
-                cells.push(format!("{:>8} {:>8} {:>6}", "n/a", "", ""));
-                points.push(json!({"filter": filter.key, "page": depth.key(), "measured": null,
-                    "note": format!("no result of this filter is more than {DEEP_PAGES} pages long")}));
+                let note = format!("no result of this filter is more than {DEEP_PAGES} pages long");
+                eprintln!("[{label}] not measured: {note}");
+                let _ = writeln!(
+                    table,
+                    "{:<37} {:>5} | n/a: {note}",
+                    filter.label,
+                    depth.key()
+                );
+                points.push(json!({"filter": filter.key, "label": filter.label, "page": depth.key(), "measured": null, "note": note}));
                 continue;
             }
             let mut best: Option<Point> = None;
             for attempt in 1..=crate::machine::ATTEMPTS {
                 wait_until_quiet(&label, 15.0, quiet_wait).await;
-                let point = measure(&db, filter, &samples, settings, monitor).await;
+                let point = measure(&db, &admin, filter, &samples, settings, monitor).await;
                 let foreign = point.foreign;
                 if best.as_ref().is_none_or(|b| foreign < b.foreign) {
                     best = Some(point);
@@ -856,20 +976,31 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
             }
             let point = best.expect("at least one attempt");
             let m = &point.measured;
-            eprintln!(
-                "[{label}] p50 {:.3} ms, p99 {:.3} ms, {:.1} items, {} errors; {}",
-                m.p50_ms, m.p99_ms, point.items, m.failures, point.plan.path
+            let (blocks, read_ms) = point.io.per_request(m.count);
+            let line = format!(
+                "{:<37} {:>5} | {:>8.3} {:>8.3} {:>5.1} | {:>7.1} {:>6.2} | {:>8.3} {:>8.3} | {:>6} {:>5.0}",
+                filter.label,
+                depth.key(),
+                m.p50_ms,
+                m.p99_ms,
+                point.items,
+                blocks,
+                read_ms,
+                point.again.p50_ms,
+                point.again.p99_ms,
+                m.failures + point.again.failures,
+                point.foreign
             );
+            eprintln!(
+                "{line}
+  plan: {}",
+                point.plan.path
+            );
+            let _ = writeln!(table, "{line}");
             if let Some(failure) = &m.first_failure {
                 eprintln!("  first failed request: {failure}");
             }
-            errors += m.failures;
-            worst_foreign = worst_foreign.max(point.foreign);
             foreigns.push(point.foreign);
-            cells.push(format!(
-                "{:>8.3} {:>8.3} {:>6.1}",
-                m.p50_ms, m.p99_ms, point.items
-            ));
             let _ = writeln!(
                 plans,
                 "  {:<44} {}  [{} read, {} returned, {:.2} ms, buffers hit {} read {}; plan cache: {} custom, {} generic]",
@@ -918,14 +1049,12 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
                 "page": depth.key(),
                 "measured": m.to_json(),
                 "itemsPerPage": round(point.items, 2),
+                "io": point.io.to_json(m.count),
+                "again": point.again.to_json(),
+                "againIo": point.again_io.to_json(point.again.count),
                 "plan": point.plan.to_json(),
             }));
         }
-        let line = format!(
-            "{:<37} | {} | {} | {:>6} {:>5.0}",
-            filter.label, cells[0], cells[1], errors, worst_foreign
-        );
-        let _ = writeln!(table, "{line}");
     }
     let _ = writeln!(table);
     table.push_str(&plans);
