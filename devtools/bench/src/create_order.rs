@@ -21,7 +21,7 @@ use shared::messaging::{OrderEvent, Publisher};
 use system_tests::{TestBroker, TestDb};
 use uuid::Uuid;
 
-use crate::machine::{wait_until_quiet, ForeignCpu};
+use crate::machine::{settle, wait_until_quiet, ForeignCpu};
 use crate::seed::{self, product_id, product_id_sql, HOT_PRODUCT, SPREAD_PRODUCTS};
 use crate::stats::{round, thousands, Measured, Rng, Target};
 use crate::Section;
@@ -209,15 +209,6 @@ async fn ours(
     let mut measured = drive(state, events, products, concurrency, settings.duration).await;
     measured.cpu = settle(monitor, mark).await;
     measured
-}
-
-/// CPU used since `mark`, once the sampler has seen the last of it.
-async fn settle(monitor: &ForeignCpu, mark: crate::machine::Mark) -> crate::machine::CpuSeconds {
-    let wall = mark.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut cpu = monitor.used_since(mark);
-    cpu.wall = wall;
-    cpu
 }
 
 /// The minimal correct order transaction, as SQL the limit runs.

@@ -193,6 +193,15 @@ impl ForeignCpu {
     }
 }
 
+/// CPU used since `mark`, once the sampler has seen the last of it.
+pub async fn settle(monitor: &ForeignCpu, mark: Mark) -> CpuSeconds {
+    let wall = mark.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cpu = monitor.used_since(mark);
+    cpu.wall = wall;
+    cpu
+}
+
 /// Points measured while foreign work took more than this share of the machine are
 /// measured again (at most `ATTEMPTS` times in all; the quietest attempt is kept).
 pub const REMEASURE_ABOVE_PERCENT: f64 = 10.0;

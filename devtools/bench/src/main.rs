@@ -4,15 +4,20 @@
 //!    throughput at 8/32/64, over 1,000 products and on one hot product), side by side with
 //!    the database's own limit for the same transaction (pgbench), and the ratios;
 //! 2. `process-orders` batches of 100/1,000/10,000: set-based, per-message, database alone;
-//! 3. every function binary, release build: stripped size, cold start, peak RSS under load.
+//! 3. every function binary, release build: stripped size, cold start, peak RSS under load;
+//! 4. order search (issue 11): `GET /orders` through the real handler, in-process, over
+//!    1,000,000 orders of 10,000 customers, p50/p99 of a 50-item page per filter (a
+//!    customer's own list, staff's status, customer and creation-time filters), first and
+//!    deep pages, with the plan PostgreSQL ran each with.
 //!
-//! Prints the tables and the targets of issue 5 with pass/fail, and writes everything to
+//! Prints the tables and the targets of issues 5 and 11 with pass/fail, and writes everything to
 //! `target/bench-results.json`. See BENCHMARKS.md.
 //!
 //! ```sh
 //! cargo run --profile bench -p bench                 # everything (~10 min plus the build)
 //! cargo run --profile bench -p bench -- --quick      # a short smoke run
 //! cargo run --profile bench -p bench -- --only processor,functions --no-build
+//! cargo run --profile bench -p bench -- --only search   # ~5 min, 2 of them seeding
 //! ```
 
 mod create_order;
@@ -20,6 +25,7 @@ mod functions;
 mod machine;
 mod processor;
 mod runtime_api;
+mod search;
 mod seed;
 mod stats;
 
@@ -49,13 +55,14 @@ struct Options {
     concurrencies: Vec<usize>,
 }
 
-const PARTS: [&str; 3] = ["orders", "processor", "functions"];
+const PARTS: [&str; 4] = ["orders", "processor", "functions", "search"];
 
-const USAGE: &str = "usage: bench [--quick] [--no-build] [--only orders,processor,functions] [--out FILE] [--quiet-wait SECONDS]
+const USAGE: &str = "usage: bench [--quick] [--no-build] [--only orders,processor,functions,search] [--out FILE] [--quiet-wait SECONDS]
 
   --quick          short points (smoke run; figures are rough)
   --no-build       use the function binaries already in target/release
-  --only PARTS     run some parts: orders (create-order vs pgbench), processor, functions
+  --only PARTS     run some parts: orders (create-order vs pgbench), processor, functions,
+                   search (GET /orders over 1,000,000 orders, first and deep pages)
   --concurrency L  create-order concurrencies (default 1,8,32,64)
   --out FILE       where to write the JSON (default target/bench-results.json)
   --quiet-wait S   wait at most S seconds for a quiet machine before each point (default 300)";
@@ -187,6 +194,20 @@ async fn run(options: Options) {
         };
         sections.push(functions::run(&settings, &monitor, options.quiet_wait).await);
     }
+    if options.only.iter().any(|p| p == "search") {
+        let settings = if options.quick {
+            search::Settings {
+                samples: 60,
+                warmup: 10,
+            }
+        } else {
+            search::Settings {
+                samples: 500,
+                warmup: 30,
+            }
+        };
+        sections.push(search::run(&settings, &monitor, options.quiet_wait).await);
+    }
 
     let foreign = monitor.since(whole);
     let targets: Vec<&Target> = sections.iter().flat_map(|s| &s.targets).collect();
@@ -226,7 +247,7 @@ async fn run(options: Options) {
         out.push_str(&section.table);
         out.push('\n');
     }
-    out.push_str("targets of issue 5\n");
+    out.push_str("targets of issues 5 (create-order) and 11 (search)\n");
     for target in &targets {
         out.push_str(&format!(
             "  {:<4}  {:<68} {:<38} (required {})\n",

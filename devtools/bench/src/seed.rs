@@ -117,3 +117,117 @@ pub async fn pending_orders(pool: &Pool, count: usize) -> Vec<Uuid> {
     client.batch_execute("ANALYZE").await.expect("analyze");
     orders
 }
+
+/// How far after its creation an order reached `step` (SQL over `age`, the order's age at
+/// seeding time): history times are spread as a shop's would be, never in the future.
+fn step_offset(step: &str) -> String {
+    format!(
+        "CASE {step}
+           WHEN 'pending' THEN interval '0'
+           WHEN 'processed' THEN interval '2 seconds'
+           WHEN 'rejected' THEN interval '2 seconds'
+           WHEN 'shipped' THEN least(interval '1 day', age * 0.3)
+           WHEN 'delivered' THEN least(interval '3 days', age * 0.6)
+           ELSE least(interval '1 hour', age * 0.5)
+         END"
+    )
+}
+
+/// The shop the order search runs on: `orders` orders over the last 365 days (one every
+/// 365 days / `orders`, the last one now), of `customers` customers, then `VACUUM ANALYZE`.
+///
+/// Every attribute is drawn from an md5 of the order's number, so every run seeds the same
+/// shop. Customers are skewed as a shop's are: customer `floor(customers * u²)` for a
+/// uniform `u`, so the biggest account holds about 1 % of all orders and the smallest a
+/// few dozen (median ≈ 70 at the default sizes). Statuses follow age: older than 14 days
+/// 95 % delivered, 3.5 % cancelled, 1.5 % rejected; 7–14 days 40 % shipped, 52 % delivered,
+/// 5 % cancelled, 3 % rejected; the last 7 days 25 % pending, 25 % processed, 35 % shipped,
+/// 10 % cancelled, 5 % rejected. Each order has 1 (70 %), 2 (20 %) or 3 lines over the
+/// spread products, its history rows from `pending` to its status (`changed_by`: the
+/// customer for placing and cancelling, `system` for processing and rejecting, staff for
+/// shipping and delivering), a stock state that fits its status, and a UUID v7 id of its
+/// creation time. No ledger or outbox rows: the search reads neither.
+pub async fn search_shop(pool: &Pool, orders: i64, customers: i64) {
+    let client = pool.get().await.expect("seed connection");
+    let spacing_micros = 365 * 86_400 * 1_000_000 / orders;
+    client
+        .batch_execute(&format!(
+            "CREATE TEMP TABLE seeded AS
+               WITH base AS (
+                 SELECT n, md5(n::text) AS h, md5('id' || n) AS hid,
+                        date_trunc('second', now()) - interval '365 days'
+                          + n * interval '{spacing_micros} microseconds' AS at
+                 FROM generate_series(1, {orders}) n
+               ), drawn AS (
+                 SELECT at, hid, date_trunc('second', now()) - at AS age,
+                        ('x' || substr(h, 1, 8))::bit(32)::bigint / 4294967296.0 AS u_customer,
+                        ('x' || substr(h, 9, 8))::bit(32)::bigint / 4294967296.0 AS u_status,
+                        ('x' || substr(h, 17, 8))::bit(32)::bigint / 4294967296.0 AS u_lines,
+                        ('x' || substr(h, 25, 8))::bit(32)::bigint % {SPREAD_PRODUCTS} AS product
+                 FROM base
+               )
+               SELECT (lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0') || '7'
+                       || substr(hid, 1, 3) || '8' || substr(hid, 4, 15))::uuid AS id,
+                      {customer} AS customer_id,
+                      at, age, product,
+                      CASE WHEN u_lines < 0.7 THEN 1 WHEN u_lines < 0.9 THEN 2 ELSE 3 END AS lines,
+                      u_lines < 0.5 AS cancelled_after_processing,
+                      CASE
+                        WHEN age <= interval '7 days' THEN
+                          CASE WHEN u_status < 0.25 THEN 'pending' WHEN u_status < 0.50 THEN 'processed'
+                               WHEN u_status < 0.85 THEN 'shipped' WHEN u_status < 0.95 THEN 'cancelled'
+                               ELSE 'rejected' END
+                        WHEN age <= interval '14 days' THEN
+                          CASE WHEN u_status < 0.40 THEN 'shipped' WHEN u_status < 0.92 THEN 'delivered'
+                               WHEN u_status < 0.97 THEN 'cancelled' ELSE 'rejected' END
+                        ELSE
+                          CASE WHEN u_status < 0.95 THEN 'delivered' WHEN u_status < 0.985 THEN 'cancelled'
+                               ELSE 'rejected' END
+                      END AS status
+               FROM drawn;
+             INSERT INTO orders (id, status, stock, currency, customer_id, created_at, updated_at)
+               SELECT id, status,
+                      CASE WHEN status IN ('pending', 'processed') THEN 'reserved'
+                           WHEN status IN ('shipped', 'delivered') THEN 'committed'
+                           ELSE 'released' END,
+                      'USD', customer_id, at, at + {status_offset}
+               FROM seeded ORDER BY at;
+             INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+               SELECT id, {line_product}, 1 + (product + j) % 3, 9.99
+               FROM seeded, generate_series(0, lines - 1) j ORDER BY id, j;
+             INSERT INTO order_status_history (order_id, status, at, changed_by)
+               SELECT id, step, at + {step_offset},
+                      CASE WHEN step IN ('pending', 'cancelled') THEN customer_id
+                           WHEN step IN ('processed', 'rejected') THEN 'system'
+                           ELSE 'staff-warehouse' END
+               FROM seeded,
+                    unnest(CASE status
+                             WHEN 'pending' THEN ARRAY['pending']
+                             WHEN 'processed' THEN ARRAY['pending', 'processed']
+                             WHEN 'shipped' THEN ARRAY['pending', 'processed', 'shipped']
+                             WHEN 'delivered' THEN ARRAY['pending', 'processed', 'shipped', 'delivered']
+                             WHEN 'rejected' THEN ARRAY['pending', 'rejected']
+                             WHEN 'cancelled' THEN CASE WHEN cancelled_after_processing
+                               THEN ARRAY['pending', 'processed', 'cancelled']
+                               ELSE ARRAY['pending', 'cancelled'] END
+                           END) WITH ORDINALITY AS path(step, ord)
+               ORDER BY id, ord;
+             DROP TABLE seeded;",
+            customer = customer_sql(customers, "u_customer"),
+            status_offset = step_offset("status"),
+            step_offset = step_offset("step"),
+            line_product = product_id_sql(&format!("1 + (product + j * 337) % {SPREAD_PRODUCTS}")),
+        ))
+        .await
+        .expect("seed the search shop");
+    client
+        .batch_execute("VACUUM ANALYZE")
+        .await
+        .expect("vacuum analyze");
+}
+
+/// A customer's id in SQL, `customer-00042` (the `sub` of its token and its orders'
+/// `customerId`), for customer `floor(customers * u²)` of a uniform `u`.
+fn customer_sql(customers: i64, u: &str) -> String {
+    format!("'customer-' || lpad(floor({customers} * {u} * {u})::int::text, 5, '0')")
+}
