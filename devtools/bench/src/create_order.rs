@@ -89,6 +89,11 @@ impl OrderEvents {
         let mut event =
             system_tests::api::apigw_event("POST", "/orders", &headers, Some(body.as_bytes()));
         event["requestContext"]["requestId"] = json!(REQUEST_SLOT);
+        // A signed-in customer ordering for itself, as a shop's load is.
+        event["requestContext"]["authorizer"] =
+            system_tests::Identity::Customer("bench-customer".into())
+                .authorizer()
+                .expect("a customer has an authorizer context");
         Self {
             template: event.to_string(),
             keyed,
