@@ -195,6 +195,14 @@ fn query<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
         .and_then(|values| values.last().copied())
 }
 
+/// The `limit` and `cursor` query parameters of a listing, every bad one named.
+fn page_request(
+    request: &Request,
+    listing: crate::store::Listing,
+) -> Result<crate::store::PageRequest, Vec<crate::domain::FieldError>> {
+    crate::store::PageRequest::parse(listing, query(request, "limit"), query(request, "cursor"))
+}
+
 /// The id API Gateway's request context gives a request, to correlate logs and messages.
 fn request_id(request: &Request) -> String {
     match request.request_context_ref() {

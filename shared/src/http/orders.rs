@@ -2,8 +2,8 @@ use lambda_http::http::HeaderValue;
 use lambda_http::{Body, Request, Response};
 
 use super::{
-    json_body, json_response, query, raw_json_response, request_id, with_location, ApiError,
-    ApiState, Json, JsonObject,
+    json_body, json_response, page_request, query, raw_json_response, request_id, with_location,
+    ApiError, ApiState, Json, JsonObject,
 };
 use chrono::{DateTime, Utc};
 
@@ -203,13 +203,9 @@ fn query_time(raw: &str) -> Option<DateTime<Utc>> {
 /// The `GET /orders` query: filters and page, every bad parameter named.
 fn parse_search(request: &Request) -> Result<(OrderFilter, PageRequest), ApiError> {
     let mut errors = Vec::new();
-    let page = PageRequest::parse(
-        Listing::Orders,
-        query(request, "limit"),
-        query(request, "cursor"),
-    )
-    .map_err(|e| errors.extend(e))
-    .ok();
+    let page = page_request(request, Listing::Orders)
+        .map_err(|e| errors.extend(e))
+        .ok();
     let mut filter = OrderFilter::default();
     if let Some(raw) = query(request, "status") {
         filter.status = OrderStatus::parse(raw);

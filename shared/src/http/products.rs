@@ -1,11 +1,11 @@
 use lambda_http::{Body, Request, Response};
 
-use super::{json_body, json_response, query, with_location, ApiError, ApiState, Json};
+use super::{json_body, json_response, page_request, with_location, ApiError, ApiState, Json};
 use crate::domain::{
     AdjustmentReason, Currency, Description, FieldError, Money, ProductId, ProductName, Sku, Staff,
     StockDelta,
 };
-use crate::store::{self, Listing, NewProduct, PageRequest, ProductPatch};
+use crate::store::{self, Listing, NewProduct, ProductPatch};
 
 const MAX_INITIAL_INVENTORY: i64 = 1_000_000_000;
 
@@ -105,12 +105,7 @@ pub(super) async fn get(state: &ApiState, id: &str) -> Result<Response<Body>, Ap
 }
 
 pub(super) async fn list(state: &ApiState, request: &Request) -> Result<Response<Body>, ApiError> {
-    let page = PageRequest::parse(
-        Listing::Products,
-        query(request, "limit"),
-        query(request, "cursor"),
-    )
-    .map_err(ApiError::Validation)?;
+    let page = page_request(request, Listing::Products).map_err(ApiError::Validation)?;
     let page = store::list_products(&state.pool, page).await?;
     json_response(200, &page)
 }
@@ -207,12 +202,7 @@ pub(super) async fn stock_movements(
     request: &Request,
 ) -> Result<Response<Body>, ApiError> {
     let id = path_id(id)?;
-    let page = PageRequest::parse(
-        Listing::StockMovements,
-        query(request, "limit"),
-        query(request, "cursor"),
-    )
-    .map_err(ApiError::Validation)?;
+    let page = page_request(request, Listing::StockMovements).map_err(ApiError::Validation)?;
     let page = store::list_stock_movements(&state.pool, id, page).await?;
     json_response(200, &page)
 }
