@@ -85,6 +85,8 @@ async fn a_parked_valid_message_is_applied_after_redrive_and_the_rest_stay_parke
             .moved,
         0
     );
+    // A handed-back message is requeued by the broker shortly after: counted from then on.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let all_but_none = RedriveRequest {
         reason: None,
         max: Some(0),

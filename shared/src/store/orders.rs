@@ -195,7 +195,9 @@ struct Placement<'a> {
     /// Who places it: named on its history and reservations.
     by: &'a str,
     id: OrderId,
-    // PostgreSQL keeps microseconds: truncate so the stored response equals a later read.
+    /// When the event says the order was placed. What lists and the response show is the
+    /// database's transaction time (`now()` in the statement), the key listings page on
+    /// below their horizon (migration V8).
     now: DateTime<Utc>,
     event: OrderEvent,
 }
@@ -250,14 +252,14 @@ const PLACE_ORDER: &str = "WITH lines AS (
                 min(k.currency) AS currency
          FROM lines l JOIN locked k ON k.id = l.product_id
      ), reserve AS (
-         UPDATE products p SET reserved = p.reserved + l.quantity, updated_at = $4
+         UPDATE products p SET reserved = p.reserved + l.quantity, updated_at = now()
          FROM lines l
          WHERE p.id = l.product_id AND (SELECT placed FROM verdict)
            AND p.inventory - p.reserved >= l.quantity
          RETURNING p.id
      ), new_order AS (
          INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
-         SELECT $1, 'pending', currency, $5, $4, $4 FROM verdict WHERE placed
+         SELECT $1, 'pending', currency, $5, now(), now() FROM verdict WHERE placed
      ), items AS (
          INSERT INTO order_items (order_id, product_id, quantity, unit_price)
          SELECT $1, l.product_id, l.quantity, k.price
@@ -265,11 +267,11 @@ const PLACE_ORDER: &str = "WITH lines AS (
          WHERE (SELECT placed FROM verdict)
      ), ledger AS (
          INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
-         SELECT product_id, 0, quantity, 'reserve', $1, $4, $10 FROM lines
+         SELECT product_id, 0, quantity, 'reserve', $1, now(), $10 FROM lines
          WHERE (SELECT placed FROM verdict)
      ), history AS (
          INSERT INTO order_status_history (order_id, status, at, changed_by)
-         SELECT $1, 'pending', $4, $10 WHERE (SELECT placed FROM verdict)
+         SELECT $1, 'pending', now(), $10 WHERE (SELECT placed FROM verdict)
      ), outbox AS (
          INSERT INTO outbox (message_id, routing_key, payload, created_at)
          SELECT $6, $7, $8, $4 WHERE (SELECT placed FROM verdict)
@@ -277,7 +279,7 @@ const PLACE_ORDER: &str = "WITH lines AS (
          UPDATE outbox SET published_at = coalesce(published_at, now())
          WHERE message_id IN (SELECT unnest((SELECT $9::uuid[])))
      )
-     SELECT k.id, k.price, k.currency, k.available, v.placed,
+     SELECT k.id, k.price, k.currency, k.available, v.placed, now() AS at,
             CASE WHEN v.placed AND (SELECT count(*) FROM reserve) <> cardinality($2::uuid[])
                  THEN stock_moved_under_lock() END AS stock_moved
      FROM locked k CROSS JOIN verdict v";
@@ -298,21 +300,21 @@ const STOCK_MOVED_UNDER_LOCK: &str = "OM001";
 /// empty list of events to mark made every custom plan look cheaper, and each call spent
 /// more CPU planning than running (17 % of a backend's time in `perf`).
 const PLACE_ONE_LINE_ORDER: &str = "WITH reserve AS (
-         UPDATE products SET reserved = reserved + $3::int, updated_at = $4
+         UPDATE products SET reserved = reserved + $3::int, updated_at = now()
          WHERE id = $2 AND inventory - reserved >= $3::int
          RETURNING price, currency
      ), new_order AS (
          INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
-         SELECT $1, 'pending', currency, $5, $4, $4 FROM reserve
+         SELECT $1, 'pending', currency, $5, now(), now() FROM reserve
      ), items AS (
          INSERT INTO order_items (order_id, product_id, quantity, unit_price)
          SELECT $1, $2, $3::int, price FROM reserve
      ), ledger AS (
          INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
-         SELECT $2, 0, $3::int, 'reserve', $1, $4, $10 FROM reserve
+         SELECT $2, 0, $3::int, 'reserve', $1, now(), $10 FROM reserve
      ), history AS (
          INSERT INTO order_status_history (order_id, status, at, changed_by)
-         SELECT $1, 'pending', $4, $10 FROM reserve
+         SELECT $1, 'pending', now(), $10 FROM reserve
      ), outbox AS (
          INSERT INTO outbox (message_id, routing_key, payload, created_at)
          SELECT $6, $7, $8, $4 FROM reserve
@@ -320,11 +322,12 @@ const PLACE_ONE_LINE_ORDER: &str = "WITH reserve AS (
          UPDATE outbox SET published_at = coalesce(published_at, now())
          WHERE message_id IN (SELECT unnest((SELECT $9::uuid[])))
      )
-     SELECT $2 AS id, price, currency FROM reserve";
+     SELECT $2 AS id, price, currency, now() AS at FROM reserve";
 
 /// What a placement statement decided, with the product rows it was decided on.
 enum Decision {
-    Placed(HashMap<Uuid, ProductRow>),
+    /// Placed at the statement's transaction time.
+    Placed(HashMap<Uuid, ProductRow>, DateTime<Utc>),
     Refused(HashMap<Uuid, ProductRow>),
     /// Undone: run it again on a fresh snapshot.
     Again,
@@ -344,8 +347,8 @@ async fn place_order(
         }
         None => place_lines(client, placement, sent).await?,
     };
-    let stock = match decision {
-        Decision::Placed(stock) => stock,
+    let (stock, at) = match decision {
+        Decision::Placed(stock, at) => (stock, at),
         Decision::Refused(stock) => {
             return match refusal(new, &stock) {
                 Some(refused) => Err(refused),
@@ -378,11 +381,11 @@ async fn place_order(
         items,
         Currency::parse(currency).map_err(|_| corrupt("currency", currency))?,
         new.customer_id.clone(),
-        placement.now,
-        placement.now,
+        at,
+        at,
         vec![StatusChange {
             status: OrderStatus::Pending,
-            at: placement.now,
+            at,
             by: placement.by.to_owned(),
         }],
     )))
@@ -405,10 +408,10 @@ async fn place_one_line(
     )
     .await?;
     match rows.first() {
-        Some(row) => Ok(Decision::Placed(HashMap::from([(
-            product.as_uuid(),
-            ProductRow::from_row(row, None)?,
-        )]))),
+        Some(row) => Ok(Decision::Placed(
+            HashMap::from([(product.as_uuid(), ProductRow::from_row(row, None)?)]),
+            row.try_get("at")?,
+        )),
         None => {
             // Nothing was written; read why, to answer with it.
             let read = prepared(
@@ -455,14 +458,13 @@ async fn place_lines(
         rows => rows?,
     };
     let placed = match rows.first() {
-        Some(row) => row.try_get("placed")?,
-        None => false,
+        Some(row) if row.try_get::<_, bool>("placed")? => Some(row.try_get("at")?),
+        _ => None,
     };
     let stock = products_by_id(&rows)?;
-    Ok(if placed {
-        Decision::Placed(stock)
-    } else {
-        Decision::Refused(stock)
+    Ok(match placed {
+        Some(at) => Decision::Placed(stock, at),
+        None => Decision::Refused(stock),
     })
 }
 
@@ -738,12 +740,11 @@ impl OrderSearch {
             let (at, id) = (search.bind(at), search.bind(id));
             conditions.push(format!("(o.created_at, o.id) > ({at}, {id})"));
         }
+        // Only what can no longer be joined by an earlier key (V8): a client polling from
+        // its cursor sees every order once, even one whose transaction commits late.
+        conditions.push("o.created_at < listing_horizon()".to_owned());
         let limit = search.bind(page.limit() + 1);
-        let filter = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
+        let filter = format!("WHERE {}", conditions.join(" AND "));
         search.sql = format!("{ORDER_SELECT} {filter} ORDER BY o.created_at, o.id LIMIT {limit}");
         Some(search)
     }

@@ -9,34 +9,35 @@ use crate::domain::FieldError;
 /// way round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listing {
+    /// Keyed on `(created_at, id)`.
     Products,
     /// Keyed on `(created_at, id)`: the order every search filter's index keeps.
     Orders,
-    /// A product's ledger, keyed on its sequence.
+    /// A product's ledger, keyed on `(at, seq)`.
     StockMovements,
 }
 
 impl Listing {
     fn tag(self) -> u8 {
         match self {
-            Listing::Products => b'p',
-            // 'o' was the id-only orders cursor: one of those is refused, not misread.
+            // Tags of earlier cursor shapes ('p' and 'o': ids; 'm': sequences) are refused,
+            // not misread.
+            Listing::Products => b'q',
             Listing::Orders => b'c',
-            Listing::StockMovements => b'm',
+            Listing::StockMovements => b'n',
         }
     }
 
     fn decode(self, key: &[u8]) -> Option<Position> {
+        let (micros, rest) = key.split_first_chunk::<8>()?;
+        let at = DateTime::from_timestamp_micros(i64::from_be_bytes(*micros))?;
         match self {
-            Listing::Products => Uuid::from_slice(key).ok().map(Position::Id),
-            Listing::Orders => {
-                let (micros, id) = key.split_first_chunk::<8>()?;
-                let at = DateTime::from_timestamp_micros(i64::from_be_bytes(*micros))?;
-                Some(Position::Created(at, Uuid::from_slice(id).ok()?))
+            Listing::Products | Listing::Orders => {
+                Some(Position::Created(at, Uuid::from_slice(rest).ok()?))
             }
             Listing::StockMovements => {
-                let seq: [u8; 8] = key.try_into().ok()?;
-                Some(Position::Seq(i64::from_be_bytes(seq)))
+                let seq: [u8; 8] = rest.try_into().ok()?;
+                Some(Position::Entry(at, i64::from_be_bytes(seq)))
             }
         }
     }
@@ -46,30 +47,36 @@ impl Listing {
 /// shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
-    Id(Uuid),
+    /// A row's creation time and id.
     Created(DateTime<Utc>, Uuid),
-    Seq(i64),
+    /// A ledger entry's time and sequence.
+    Entry(DateTime<Utc>, i64),
 }
 
 impl Position {
     fn to_bytes(self) -> Vec<u8> {
         match self {
-            Position::Id(id) => id.as_bytes().to_vec(),
             Position::Created(at, id) => {
                 let mut bytes = at.timestamp_micros().to_be_bytes().to_vec();
                 bytes.extend_from_slice(id.as_bytes());
                 bytes
             }
-            Position::Seq(seq) => seq.to_be_bytes().to_vec(),
+            Position::Entry(at, seq) => {
+                let mut bytes = at.timestamp_micros().to_be_bytes().to_vec();
+                bytes.extend_from_slice(&seq.to_be_bytes());
+                bytes
+            }
         }
     }
 }
 
 /// A page of a listing: at most `limit` (1–200, default 50) items after `after`.
 ///
-/// The cursor is opaque to clients: the key of the last item of the previous page. Keys
-/// follow creation (UUID v7 ids, creation times, ledger sequence), so a keyset returns every
-/// item once, in order.
+/// The cursor is opaque to clients: the key of the last item of the previous page. Keys are
+/// times the database gives each row (its transaction's start) with a tie-breaker, and
+/// listings read only below `listing_horizon()` (migration V8), under which no row can
+/// still appear: a client paging on, or polling from its last cursor, sees every item once,
+/// in order, also one whose transaction committed after a later one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
     limit: i64,
@@ -134,14 +141,6 @@ impl PageRequest {
         self.after
     }
 
-    /// The id after which a listing keyed on ids starts.
-    pub fn after_id(&self) -> Option<Uuid> {
-        match self.after {
-            Some(Position::Id(id)) => Some(id),
-            _ => None,
-        }
-    }
-
     /// The `(created_at, id)` after which a listing keyed on creation starts.
     pub fn after_created(&self) -> Option<(DateTime<Utc>, Uuid)> {
         match self.after {
@@ -150,10 +149,10 @@ impl PageRequest {
         }
     }
 
-    /// The sequence number after which a ledger listing starts.
-    pub fn after_seq(&self) -> Option<i64> {
+    /// The `(at, seq)` after which a ledger listing starts.
+    pub fn after_entry(&self) -> Option<(DateTime<Utc>, i64)> {
         match self.after {
-            Some(Position::Seq(seq)) => Some(seq),
+            Some(Position::Entry(at, seq)) => Some((at, seq)),
             _ => None,
         }
     }
@@ -210,20 +209,20 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_keep_their_listing() {
         let id = Uuid::now_v7();
-        let cursor = encode(Listing::Products, Position::Id(id));
+        let at = DateTime::from_timestamp_micros(1_764_650_000_123_456).unwrap();
+        let cursor = encode(Listing::Products, Position::Created(at, id));
         let page = PageRequest::parse(Listing::Products, None, Some(&cursor)).unwrap();
-        assert_eq!(page.after_id(), Some(id));
+        assert_eq!(page.after_created(), Some((at, id)));
         assert!(PageRequest::parse(Listing::Orders, None, Some(&cursor)).is_err());
 
-        let at = DateTime::from_timestamp_micros(1_764_650_000_123_456).unwrap();
         let cursor = encode(Listing::Orders, Position::Created(at, id));
         let page = PageRequest::parse(Listing::Orders, None, Some(&cursor)).unwrap();
         assert_eq!(page.after_created(), Some((at, id)));
         assert!(PageRequest::parse(Listing::StockMovements, None, Some(&cursor)).is_err());
 
-        let cursor = encode(Listing::StockMovements, Position::Seq(42));
+        let cursor = encode(Listing::StockMovements, Position::Entry(at, 42));
         let page = PageRequest::parse(Listing::StockMovements, None, Some(&cursor)).unwrap();
-        assert_eq!(page.after_seq(), Some(42));
+        assert_eq!(page.after_entry(), Some((at, 42)));
         assert!(PageRequest::parse(Listing::Products, None, Some(&cursor)).is_err());
 
         assert!(PageRequest::parse(Listing::Orders, None, Some("not a cursor")).is_err());

@@ -291,7 +291,7 @@ pub async fn apply_order_commands(
                  -- A commit or release names whoever asked for `shipped` or `cancelled`;
                  -- a rejection's release is the processor's own (no such request).
                  INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
-                 SELECT product_id, inventory_delta, reserved_delta, reason, order_id, $4,
+                 SELECT product_id, inventory_delta, reserved_delta, reason, order_id, now(),
                         coalesce((SELECT h.changed_by FROM order_status_history h
                                   WHERE h.order_id = l.order_id
                                     AND h.status = CASE l.reason WHEN 'commit' THEN 'shipped' ELSE 'cancelled' END),

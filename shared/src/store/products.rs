@@ -105,20 +105,35 @@ pub async fn get_product(pool: &Pool, id: ProductId) -> Result<Product, StoreErr
 
 pub async fn list_products(pool: &Pool, page: PageRequest) -> Result<Page<Product>, StoreError> {
     let client = pool.get().await?;
-    let sql = format!(
-        "SELECT {COLUMNS} FROM products
-         WHERE $1::uuid IS NULL OR id > $1
-         ORDER BY id LIMIT $2"
-    );
-    let rows = client
-        .query(&sql, &[&page.after_id(), &(page.limit() + 1)])
-        .await?;
+    // Two statements, so that each is planned as a range on `(created_at, id)` below the
+    // listing horizon (V8).
+    let rows = match page.after_created() {
+        None => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM products WHERE created_at < listing_horizon()
+                 ORDER BY created_at, id LIMIT $1"
+            );
+            let statement = prepared(&client, &sql).await?;
+            client.query(&statement, &[&(page.limit() + 1)]).await?
+        }
+        Some((at, id)) => {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM products
+                 WHERE (created_at, id) > ($1, $2) AND created_at < listing_horizon()
+                 ORDER BY created_at, id LIMIT $3"
+            );
+            let statement = prepared(&client, &sql).await?;
+            client
+                .query(&statement, &[&at, &id, &(page.limit() + 1)])
+                .await?
+        }
+    };
     let products = rows
         .iter()
         .map(product_from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Page::from_rows(products, page, Listing::Products, |p| {
-        Position::Id(p.id.as_uuid())
+        Position::Created(p.created_at, p.id.as_uuid())
     }))
 }
 
@@ -238,25 +253,35 @@ pub async fn list_stock_movements(
     page: PageRequest,
 ) -> Result<Page<StockMovement>, StoreError> {
     let client = pool.get().await?;
-    let statement = prepared(
-        &client,
-        "SELECT l.seq, l.inventory_delta, l.reserved_delta, l.reason, l.order_id, l.note, l.actor, l.at
-         FROM products p
-         LEFT JOIN LATERAL (
-             SELECT * FROM inventory_ledger l
-             WHERE l.product_id = p.id AND ($2::bigint IS NULL OR l.seq > $2)
-             ORDER BY l.seq LIMIT $3
-         ) l ON true
-         WHERE p.id = $1
-         ORDER BY l.seq",
-    )
-    .await?;
-    let rows = client
-        .query(
-            &statement,
-            &[&id.as_uuid(), &page.after_seq(), &(page.limit() + 1)],
+    // The product row tells "no such product" from "no movements"; the page is a range on
+    // `(product_id, at, seq)` below the listing horizon (V8), one statement per shape so
+    // that a deep page of a busy product is a range too.
+    let page_of = |after: &str| {
+        format!(
+            "SELECT l.seq, l.inventory_delta, l.reserved_delta, l.reason, l.order_id, l.note, l.actor, l.at
+             FROM products p
+             LEFT JOIN LATERAL (
+                 SELECT * FROM inventory_ledger l
+                 WHERE l.product_id = p.id {after} AND l.at < listing_horizon()
+                 ORDER BY l.at, l.seq LIMIT $2
+             ) l ON true
+             WHERE p.id = $1
+             ORDER BY l.at, l.seq"
         )
-        .await?;
+    };
+    let limit = page.limit() + 1;
+    let rows = match page.after_entry() {
+        None => {
+            let statement = prepared(&client, &page_of("")).await?;
+            client.query(&statement, &[&id.as_uuid(), &limit]).await?
+        }
+        Some((at, seq)) => {
+            let statement = prepared(&client, &page_of("AND (l.at, l.seq) > ($3, $4)")).await?;
+            client
+                .query(&statement, &[&id.as_uuid(), &limit, &at, &seq])
+                .await?
+        }
+    };
     if rows.is_empty() {
         return Err(StoreError::NotFound);
     }
@@ -284,6 +309,6 @@ pub async fn list_stock_movements(
         movements,
         page,
         Listing::StockMovements,
-        |m| Position::Seq(m.seq),
+        |m| Position::Entry(m.at, m.seq),
     ))
 }
