@@ -6,11 +6,11 @@ use deadpool_postgres::{
     Connect, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts,
 };
 use tokio_postgres::config::SslMode;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 
 use crate::config::{ConfigError, CredentialSource, Credentials, DatabaseConfig};
+use crate::store::is_refused_credentials;
 use crate::telemetry::error_chain;
 
 mod embedded {
@@ -109,13 +109,6 @@ fn with_credentials(
             .password(&credentials.password);
     }
     config
-}
-
-fn is_refused_credentials(error: &tokio_postgres::Error) -> bool {
-    error.code().is_some_and(|code| {
-        *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-    })
 }
 
 impl<T> Connect for RotatingConnect<T>

@@ -161,6 +161,26 @@ fn parse_min_age(raw: &str) -> Result<Duration, crate::config::ConfigError> {
     Ok(min_age)
 }
 
+/// A positive number of `unit`-second units from the variable `name`, or `default`.
+fn positive_duration(
+    name: &'static str,
+    unit: f64,
+    default: Duration,
+) -> Result<Duration, crate::config::ConfigError> {
+    let Ok(raw) = std::env::var(name) else {
+        return Ok(default);
+    };
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| *n > 0.0)
+        .and_then(|n| Duration::try_from_secs_f64(n * unit).ok())
+        .ok_or_else(|| crate::config::ConfigError::Malformed {
+            name,
+            reason: "must be a positive number".into(),
+        })
+}
+
 /// What the relay function needs, built once per execution environment.
 pub struct OutboxRelay {
     pub pool: Pool,
@@ -183,32 +203,9 @@ impl OutboxRelay {
             Ok(raw) => parse_min_age(&raw)?,
             Err(_) => DEFAULT_MIN_AGE,
         };
-        let retention = match std::env::var("OUTBOX_RETENTION_DAYS") {
-            Ok(raw) => raw
-                .trim()
-                .parse::<f64>()
-                .ok()
-                .filter(|days| *days > 0.0)
-                .and_then(|days| Duration::try_from_secs_f64(days * 86_400.0).ok())
-                .ok_or_else(|| crate::config::ConfigError::Malformed {
-                    name: "OUTBOX_RETENTION_DAYS",
-                    reason: "must be a positive number of days".into(),
-                })?,
-            Err(_) => DEFAULT_RETENTION,
-        };
-        let unsettled_after = match std::env::var("UNSETTLED_ORDER_SECONDS") {
-            Ok(raw) => raw
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|s| *s > 0)
-                .map(Duration::from_secs)
-                .ok_or_else(|| crate::config::ConfigError::Malformed {
-                    name: "UNSETTLED_ORDER_SECONDS",
-                    reason: "must be a positive number of seconds".into(),
-                })?,
-            Err(_) => DEFAULT_UNSETTLED_AFTER,
-        };
+        let retention = positive_duration("OUTBOX_RETENTION_DAYS", 86_400.0, DEFAULT_RETENTION)?;
+        let unsettled_after =
+            positive_duration("UNSETTLED_ORDER_SECONDS", 1.0, DEFAULT_UNSETTLED_AFTER)?;
         Ok(Self {
             pool,
             publisher: Publisher::new(broker),

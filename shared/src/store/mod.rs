@@ -100,15 +100,17 @@ impl From<PoolError> for StoreError {
     }
 }
 
-/// A statement or lock wait that ran out of its bound (the session's `statement_timeout`
-/// or `lock_timeout`): PostgreSQL undid the transaction, and a retry may well succeed.
-fn is_refused_credentials(error: &tokio_postgres::Error) -> bool {
+/// The database refused the credentials (`28P01`, `28000`): during a rotation, until the
+/// new ones are read.
+pub(crate) fn is_refused_credentials(error: &tokio_postgres::Error) -> bool {
     error.code().is_some_and(|code| {
         *code == SqlState::INVALID_PASSWORD
             || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
     })
 }
 
+/// A statement or lock wait that ran out of its bound (the session's `statement_timeout`
+/// or `lock_timeout`): PostgreSQL undid the transaction, and a retry may well succeed.
 fn is_timeout(error: &tokio_postgres::Error) -> bool {
     error.code().is_some_and(|code| {
         *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE
