@@ -229,19 +229,7 @@ impl Processor {
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "batch failed; applying its messages one by one");
                 for (index, command) in commands {
-                    dispositions[*index] = match self
-                        .apply_and_publish(std::slice::from_ref(command))
-                        .await
-                    {
-                        Ok(outcomes) => disposition(outcomes.get(&(command.0, command.1)).copied()),
-                        Err(e) if e.is_unavailable() => {
-                            Disposition::Wait("database unavailable".into())
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %error_chain(&e), order = %command.0, "message failed");
-                            Disposition::Retry(format!("database error: {e}"))
-                        }
-                    };
+                    dispositions[*index] = self.apply_one(command).await;
                 }
             }
         }
@@ -272,20 +260,25 @@ impl Processor {
                     ))
                 }
                 Ok(_) => {
-                    let outcome = match self.apply_and_publish(std::slice::from_ref(command)).await
-                    {
-                        Ok(outcomes) => disposition(outcomes.get(&(command.0, command.1)).copied()),
-                        Err(e) if e.is_unavailable() => {
-                            Disposition::Wait("database unavailable".into())
-                        }
-                        Err(e) => Disposition::Retry(format!("database error: {e}")),
-                    };
+                    let outcome = self.apply_one(command).await;
                     if let Err(e) = store::forget_delivery(&self.pool, label).await {
                         tracing::warn!(error = %error_chain(&e), message = %label, "delivery count not forgotten");
                     }
                     outcome
                 }
             };
+        }
+    }
+
+    /// One message on its own: what became of it.
+    async fn apply_one(&self, command: &(OrderId, OrderCommand, String)) -> Disposition {
+        match self.apply_and_publish(std::slice::from_ref(command)).await {
+            Ok(outcomes) => disposition(outcomes.get(&(command.0, command.1)).copied()),
+            Err(e) if e.is_unavailable() => Disposition::Wait("database unavailable".into()),
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), order = %command.0, "message failed");
+                Disposition::Retry(format!("database error: {e}"))
+            }
         }
     }
 
