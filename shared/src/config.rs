@@ -140,12 +140,10 @@ pub struct DatabaseConfig {
     /// `DATABASE_TIMEOUT_MS`, default 3000: how long to wait to connect or for a pooled
     /// connection before answering 503 rather than hanging until Lambda's timeout.
     pub timeout: Duration,
-    /// `DATABASE_STATEMENT_TIMEOUT_MS`, default 4000 for the functions: the longest any one
-    /// statement, lock waits included, may run before PostgreSQL cancels it (and its
-    /// transaction), so that nothing commits after the caller was answered — checkout,
-    /// one long wait and the commit stay under the HTTP functions' 10 s. `None` (set-up,
-    /// tests, bench seeding) leaves the server's default.
-    pub statement_timeout: Option<Duration>,
+    /// `DATABASE_MULTIPLEXED`, default false: the sessions go through a proxy that hands
+    /// each transaction to any server connection (RDS Proxy, PgBouncer in transaction
+    /// mode), so statements run unnamed and nothing sets session state.
+    pub multiplexed: bool,
     /// Where the credentials are read again when the database refuses them (RDS rotates
     /// the password it manages): the secret, when they came from one.
     pub credentials: Option<CredentialSource>,
@@ -224,11 +222,7 @@ impl DatabaseConfig {
             .filter(|path| !path.trim().is_empty())
             .map(PathBuf::from);
         config.timeout = Duration::from_millis(optional("DATABASE_TIMEOUT_MS", 3000u64)?);
-        config.statement_timeout = Some(Duration::from_millis(optional(
-            "DATABASE_STATEMENT_TIMEOUT_MS",
-            4000u64,
-        )?))
-        .filter(|t| !t.is_zero());
+        config.multiplexed = optional("DATABASE_MULTIPLEXED", false)?;
         Ok(config)
     }
 
@@ -244,9 +238,76 @@ impl DatabaseConfig {
             pool_size: 1,
             ca_file: None,
             timeout: Duration::from_secs(3),
-            statement_timeout: None,
+            multiplexed: false,
             credentials: None,
         })
+    }
+}
+
+/// The role the functions connect as, which `migrate` creates and keeps up to date in the
+/// database it migrates: it reads and writes rows and owns nothing, so no function can
+/// change the schema. Its sessions are bounded by settings of the role in that database
+/// rather than by anything a session sets (a proxy refuses startup options and pins `SET`).
+#[derive(Clone)]
+pub struct AppRoleConfig {
+    pub name: String,
+    /// `None` leaves the password as it is (or unset: local trust authentication).
+    pub password: Option<String>,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`, default 4000: the longest any one statement (and,
+    /// at three quarters of it, any one lock wait) may run before PostgreSQL cancels it (and its transaction), so that
+    /// nothing commits after the caller was answered: checkout, one long wait and the
+    /// commit stay under the HTTP functions' 10 s. A transaction left idle is ended after
+    /// twice that.
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for AppRoleConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppRoleConfig")
+            .field("name", &self.name)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppRoleConfig {
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(4);
+
+    /// As deployed, the secret `DATABASE_APP_SECRET_ARN` (username and password); locally
+    /// `DATABASE_APP_ROLE` (and `DATABASE_APP_PASSWORD` if the server checks passwords).
+    /// `None` when neither is set: the functions then connect as whoever their
+    /// `DATABASE_URL` names, and nothing is managed.
+    pub async fn load() -> Result<Option<Self>, ConfigError> {
+        let (name, password) = match required("DATABASE_APP_SECRET_ARN") {
+            Ok(arn) => {
+                let secret = read_secret("DATABASE_APP_SECRET_ARN", &arn).await?;
+                (
+                    secret_field(&secret, "DATABASE_APP_SECRET_ARN", "username", None)?,
+                    Some(secret_field(
+                        &secret,
+                        "DATABASE_APP_SECRET_ARN",
+                        "password",
+                        None,
+                    )?),
+                )
+            }
+            Err(_) => match required("DATABASE_APP_ROLE") {
+                Ok(name) => (name, required("DATABASE_APP_PASSWORD").ok()),
+                Err(_) => return Ok(None),
+            },
+        };
+        let millis = optional("DATABASE_STATEMENT_TIMEOUT_MS", 4000u64)?;
+        if millis == 0 {
+            return Err(ConfigError::Malformed {
+                name: "DATABASE_STATEMENT_TIMEOUT_MS",
+                reason: "must be at least 1: a function's session is always bounded".into(),
+            });
+        }
+        Ok(Some(Self {
+            name,
+            password,
+            statement_timeout: Duration::from_millis(millis),
+        }))
     }
 }
 

@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use crate::config::{BrokerConfig, ConfigError, DatabaseConfig};
-use crate::db::{build_pool, migrate, MigrationError};
+use crate::config::{AppRoleConfig, BrokerConfig, ConfigError, DatabaseConfig};
+use crate::db::{build_pool, migrate, set_up_app_role, Migrated, MigrationError};
 use crate::messaging::{Broker, BrokerError, Topology};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,23 +21,47 @@ pub enum SetupError {
 #[serde(rename_all = "camelCase")]
 pub struct SetupReport {
     pub applied_migrations: Vec<String>,
+    /// Set when the database is ahead of this code (a newer deploy's rollback): the newest
+    /// migration applied, which this code does not know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_ahead: Option<String>,
+    /// The role the functions connect as, when one is managed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_role: Option<String>,
     pub queue: String,
     pub dead_letter_queue: String,
 }
 
-/// Applies pending migrations, then declares the exchange and queues.
+/// Applies pending migrations, brings the application role up to date, then declares the
+/// exchange and queues. It connects directly, as the database's owner (never through a
+/// proxy), and its session has no statement bound: migrations may build indexes on large
+/// tables.
 pub async fn set_up() -> Result<SetupReport, SetupError> {
     let mut config = DatabaseConfig::load().await?;
-    // Migrations may build indexes on large tables: they run as long as they need.
-    config.statement_timeout = None;
+    config.multiplexed = false;
     let pool = build_pool(&config)?;
-    let applied_migrations = migrate(&pool).await?;
+    let (applied_migrations, schema_ahead) = match migrate(&pool).await? {
+        Migrated::Applied(applied) => (applied, None),
+        Migrated::Ahead { newest_applied } => {
+            tracing::warn!(
+                newest_applied,
+                "the database has migrations this code does not know; leaving the schema as it is"
+            );
+            (Vec::new(), Some(newest_applied))
+        }
+    };
+    let app_role = AppRoleConfig::load().await?;
+    if let Some(role) = &app_role {
+        set_up_app_role(&pool, role).await?;
+    }
     let broker = Broker::new(BrokerConfig::load().await?);
     let topology = Topology::new(broker.config());
     topology.declare(&broker).await?;
     broker.reset().await;
     Ok(SetupReport {
         applied_migrations,
+        schema_ahead,
+        app_role: app_role.map(|role| role.name),
         queue: topology.queue,
         dead_letter_queue: topology.dead_letter_queue,
     })
@@ -57,6 +81,30 @@ pub struct CustomResourceRequest {
     pub stack_id: String,
     pub request_id: String,
     pub logical_resource_id: String,
+    #[serde(default)]
+    pub resource_properties: serde_json::Value,
+    #[serde(default)]
+    pub old_resource_properties: serde_json::Value,
+}
+
+impl CustomResourceRequest {
+    /// An Update that goes back to an older version of `migrate`: CloudFormation rolling back
+    /// a failed update (it sends the old properties again). The template passes the
+    /// function's published version, whose number only grows, as `MigrateVersion`.
+    pub fn is_rollback(&self) -> bool {
+        let version = |properties: &serde_json::Value| {
+            properties
+                .get("MigrateVersion")
+                .and_then(serde_json::Value::as_str)
+                .and_then(|arn| arn.rsplit(':').next())
+                .and_then(|n| n.parse::<u64>().ok())
+        };
+        self.request_type == RequestType::Update
+            && matches!(
+                (version(&self.resource_properties), version(&self.old_resource_properties)),
+                (Some(to), Some(from)) if to < from
+            )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -80,6 +128,11 @@ pub enum SetupInvocationError {
 /// (an event with a `ResponseURL`) it sets up on Create and Update, leaves everything in
 /// place on Delete (data outlives the stack's functions), and always answers CloudFormation,
 /// which otherwise waits out its timeout. Invoked directly, it sets up and returns the report.
+///
+/// A rollback's Update always answers success: the older code finds the schema ahead of it
+/// (or as it was, when the newer migrations failed and were undone whole) and runs on it.
+/// Failing there would leave the stack in `UPDATE_ROLLBACK_FAILED`, where only an operator
+/// can move it.
 pub async fn handle_invocation(
     event: serde_json::Value,
 ) -> Result<serde_json::Value, SetupInvocationError> {
@@ -89,12 +142,16 @@ pub async fn handle_invocation(
     }
     let request: CustomResourceRequest =
         serde_json::from_value(event).map_err(SetupInvocationError::Event)?;
-    let outcome = match request.request_type {
+    let mut outcome = match request.request_type {
         RequestType::Create | RequestType::Update => set_up().await.map(Some),
         RequestType::Delete => Ok(None),
     };
     if let Err(e) = &outcome {
         tracing::error!(error = %crate::telemetry::error_chain(e), "set-up failed");
+        if request.is_rollback() {
+            tracing::warn!("rolling back: answering success so that the rollback completes");
+            outcome = Ok(None);
+        }
     }
     let document = custom_resource_response(&request, &outcome);
     crate::aws::answer_custom_resource(&request.response_url, &document).await?;
@@ -150,8 +207,8 @@ mod tests {
             "ResourceType": "Custom::Migration",
             "LogicalResourceId": "Migration",
             "PhysicalResourceId": PHYSICAL_RESOURCE_ID,
-            "ResourceProperties": {"DeployVersion": "2"},
-            "OldResourceProperties": {"DeployVersion": "1"}
+            "ResourceProperties": {"MigrateVersion": "arn:aws:lambda:eu-west-1:123456789012:function:migrate:8"},
+            "OldResourceProperties": {"MigrateVersion": "arn:aws:lambda:eu-west-1:123456789012:function:migrate:7"}
         }))
         .unwrap()
     }
@@ -160,6 +217,8 @@ mod tests {
     fn a_successful_set_up_answers_success_with_a_stable_id() {
         let report = SetupReport {
             applied_migrations: vec!["V1__orders_schema".into()],
+            schema_ahead: None,
+            app_role: None,
             queue: "orders".into(),
             dead_letter_queue: "orders.dlq".into(),
         };
@@ -180,5 +239,20 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn an_update_to_an_older_migrate_version_is_a_rollback() {
+        assert!(!request("Update").is_rollback());
+        let mut back = request("Update");
+        std::mem::swap(
+            &mut back.resource_properties,
+            &mut back.old_resource_properties,
+        );
+        assert!(back.is_rollback());
+        let mut create = request("Create");
+        create.resource_properties = back.resource_properties.clone();
+        create.old_resource_properties = back.old_resource_properties.clone();
+        assert!(!create.is_rollback());
     }
 }

@@ -1,14 +1,33 @@
 use deadpool_postgres::Pool;
-use shared::config::DatabaseConfig;
-use shared::db::{build_pool, migrate};
+use shared::config::{AppRoleConfig, DatabaseConfig};
+use shared::db::{build_pool, migrate, set_up_app_role};
 use tokio_postgres::NoTls;
 
 /// A database of the test's own, created and migrated fresh, dropped when the test ends.
+///
+/// `pool` is what the functions get: it connects as the application role (which owns
+/// nothing: see `set_up_app_role`) and, when `TEST_POOLER_URL` names a PgBouncer in
+/// transaction mode (as `scripts/test.sh` sets it), through that pooler, so every store
+/// statement of every test also proves it multiplexes. `client()` is the owner's direct
+/// connection, for a test's own seeding and assertions.
 pub struct TestDb {
     pub pool: Pool,
     pub name: String,
+    /// The owner's direct URL (seeding, assertions, administration).
     pub url: String,
+    /// What a function's `DATABASE_URL` is: the application role, through the pooler if any.
+    pub app_url: String,
+    /// Whether `app_url` goes through the pooler (a function's `DATABASE_MULTIPLEXED`).
+    pub multiplexed: bool,
+    owner: Pool,
 }
+
+/// The application role the tests' functions connect as (created by `migrate`).
+pub const APP_ROLE: &str = "oms_app";
+
+/// The statement bound of a test's application role unless the test asks for another: long
+/// enough for any test's work, short enough that a stuck wait fails the test.
+const TEST_STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl TestDb {
     pub async fn new() -> Self {
@@ -17,16 +36,16 @@ impl TestDb {
 
     /// `pool_size` connections: concurrency tests need several so transactions really overlap.
     pub async fn with_pool_size(pool_size: usize) -> Self {
-        Self::with_config(pool_size, None).await
+        Self::with_config(pool_size, TEST_STATEMENT_TIMEOUT).await
     }
 
-    /// A pool whose sessions are bounded as the functions' are (`DATABASE_STATEMENT_TIMEOUT_MS`),
-    /// with a short bound so that a test can wait it out.
+    /// A database whose application role is bounded as the functions' is
+    /// (`DATABASE_STATEMENT_TIMEOUT_MS`), with a short bound so that a test can wait it out.
     pub async fn with_statement_timeout(limit: std::time::Duration) -> Self {
-        Self::with_config(16, Some(limit)).await
+        Self::with_config(16, limit).await
     }
 
-    async fn with_config(pool_size: usize, statement_timeout: Option<std::time::Duration>) -> Self {
+    async fn with_config(pool_size: usize, statement_timeout: std::time::Duration) -> Self {
         let name = format!("oms_test_{}", crate::unique_suffix());
         let admin_url = crate::admin_database_url();
         let (client, connection) = tokio_postgres::connect(&admin_url, NoTls)
@@ -37,22 +56,49 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
-        let mut config: tokio_postgres::Config = admin_url.parse().expect("TEST_DATABASE_URL");
-        config.dbname(&name);
-        let url = database_url(&admin_url, &name);
-        let mut db_config = DatabaseConfig::from_url(&url).expect("test database url");
-        db_config.pool_size = pool_size;
-        db_config.timeout = std::time::Duration::from_secs(20);
-        migrate(&build_pool(&db_config).expect("pool"))
+        let url = database_url(&admin_url, &name, None);
+        let mut owner_config = DatabaseConfig::from_url(&url).expect("test database url");
+        owner_config.pool_size = 4;
+        owner_config.timeout = std::time::Duration::from_secs(20);
+        let owner = build_pool(&owner_config).expect("pool");
+        migrate(&owner)
             .await
             .expect("migrations apply to a fresh database");
-        db_config.statement_timeout = statement_timeout;
-        let pool = build_pool(&db_config).expect("pool");
-        Self { pool, name, url }
+        let role = AppRoleConfig {
+            name: APP_ROLE.to_owned(),
+            password: None,
+            statement_timeout,
+        };
+        set_up_app_role(&owner, &role)
+            .await
+            .expect("the application role is set up");
+        let pooler = std::env::var("TEST_POOLER_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty());
+        let multiplexed = pooler.is_some();
+        let app_url = database_url(
+            pooler.as_deref().unwrap_or(&admin_url),
+            &name,
+            Some(APP_ROLE),
+        );
+        let mut app_config = DatabaseConfig::from_url(&app_url).expect("application url");
+        app_config.pool_size = pool_size;
+        app_config.timeout = std::time::Duration::from_secs(20);
+        app_config.multiplexed = multiplexed;
+        let pool = build_pool(&app_config).expect("pool");
+        Self {
+            pool,
+            name,
+            url,
+            app_url,
+            multiplexed,
+            owner,
+        }
     }
 
+    /// The owner's connection, direct: for the test's own seeding and assertions.
     pub async fn client(&self) -> deadpool_postgres::Object {
-        self.pool.get().await.expect("test connection")
+        self.owner.get().await.expect("test connection")
     }
 
     /// Runs a query returning one `i64`, for assertions on the stored state.
@@ -144,14 +190,28 @@ impl TestDb {
     }
 }
 
-fn database_url(admin_url: &str, name: &str) -> String {
-    // Replace the path of the admin URL with the test database's name.
-    let (base, query) = admin_url.split_once('?').unwrap_or((admin_url, ""));
-    let base = base.rsplit_once('/').map(|(head, _)| head).unwrap_or(base);
+/// `base` with the database `name` and, if given, the user `user`.
+fn database_url(base: &str, name: &str, user: Option<&str>) -> String {
+    let (address, query) = base.split_once('?').unwrap_or((base, ""));
+    let address = address
+        .rsplit_once('/')
+        .map(|(head, _)| head)
+        .unwrap_or(address);
+    let address = match user {
+        // postgres://user@host:port → postgres://APP@host:port
+        Some(user) => match address.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest);
+                format!("{scheme}://{user}@{host}")
+            }
+            None => address.to_owned(),
+        },
+        None => address.to_owned(),
+    };
     if query.is_empty() {
-        format!("{base}/{name}")
+        format!("{address}/{name}")
     } else {
-        format!("{base}/{name}?{query}")
+        format!("{address}/{name}?{query}")
     }
 }
 

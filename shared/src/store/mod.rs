@@ -6,6 +6,7 @@ mod outbox;
 mod page;
 mod processing;
 mod products;
+mod sql;
 
 pub use orders::{
     create_order, explain_list_orders, get_order, list_orders, update_order_status,
@@ -17,6 +18,8 @@ pub use outbox::{
 };
 pub use outbox::{mark_published_with, SentMessages, Written};
 pub use page::{Listing, Page, PageRequest, Position};
+pub(crate) use sql::sessions_are_multiplexed;
+pub use sql::ClientLike;
 pub use processing::{
     apply_order_commands, count_delivery, forget_delivery, prune_delivery_counts, BatchOutcomes,
     CommandOutcome, OrderCommand,
@@ -138,15 +141,6 @@ fn is_connection_failure(error: &tokio_postgres::Error) -> bool {
                 | "error performing TLS handshake"
                 | "error connecting to server"
         )
-}
-
-/// The statement for `sql`, prepared once per connection and cached by deadpool: the
-/// multi-CTE statements here cost more to parse and plan than to run.
-async fn prepared(
-    client: &impl deadpool_postgres::GenericClient,
-    sql: &str,
-) -> Result<tokio_postgres::Statement, StoreError> {
-    Ok(client.prepare_cached(sql).await?)
 }
 
 fn corrupt(what: &str, value: impl std::fmt::Display) -> StoreError {

@@ -1,16 +1,17 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
 use rust_decimal::Decimal;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::outbox::mark_sent;
+use super::sql::{execute, param, params, query, query_opt, ClientLike, Param, SqlType};
 use super::{
-    corrupt, prepared, Listing, Page, PageRequest, Position, SentMessages, Shortage, StoreError,
+    corrupt, Listing, Page, PageRequest, Position, SentMessages, Shortage, StoreError,
     Written,
 };
 use crate::domain::{
@@ -57,10 +58,6 @@ pub enum CreateOrderOutcome {
     Replayed { order_id: OrderId, body: String },
 }
 
-/// Wait this long for another request with the same idempotency key before answering 409
-/// request-in-progress; a creation takes milliseconds, so a longer wait means it is stuck.
-const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
-
 /// Places an order: reserves stock for every line or for none, snapshots unit prices,
 /// writes the order, its history, ledger and outbox rows (and, with a key, the idempotency
 /// record), all atomically. `sent` is marked by the same statement. `creator` is named on the
@@ -69,8 +66,8 @@ const IDEMPOTENCY_WAIT: &str = "SET LOCAL lock_timeout = '3s'";
 /// Without an idempotency key the whole order is one statement in its own implicit
 /// transaction ([`PLACE_ONE_LINE_ORDER`] or, for several lines, [`PLACE_ORDER`]): one round
 /// trip, and a hot product's row lock is held only for that statement and its commit. With
-/// a key, the key is locked and looked up first and the response stored after the
-/// statement, in one transaction.
+/// a key, the key is claimed first and the response stored after the statement, in one
+/// transaction.
 pub async fn create_order(
     pool: &Pool,
     new: &NewOrder,
@@ -125,32 +122,50 @@ async fn create_with_key(
     sent: &SentMessages,
 ) -> Result<Option<CreateOrderOutcome>, StoreError> {
     let tx = client.transaction().await?;
-    // One key at a time: a concurrent duplicate waits here and then replays the committed
-    // response, so it can never reserve a second time.
-    tx.batch_execute(IDEMPOTENCY_WAIT).await?;
-    // The caller's length goes first so that no (caller, key) pair spells another's text.
-    let lock = prepared(
-        &tx,
-        "SELECT pg_advisory_xact_lock(hashtextextended(length($1) || ':' || $1 || $2, 7001))",
-    )
-    .await?;
     let caller = placement.by;
-    if let Err(e) = tx.execute(&lock, &[&caller, &idem.key.as_str()]).await {
-        return Err(match e.code() {
-            Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => StoreError::RequestInProgress,
-            _ => e.into(),
-        });
-    }
-    let lookup = prepared(
+    // One key at a time, without session state (no advisory lock: the session may be
+    // multiplexed): the key's row is claimed first, so a concurrent duplicate waits on it
+    // (bounded by the role's `lock_timeout`, then 409 request-in-progress) and then
+    // replays the committed response; if this transaction rolls back, the waiter claims it.
+    // The order it names is written later in this transaction (the foreign key is
+    // deferred, V10), and the response replaces the empty body before commit.
+    let claimed = query_opt(
         &tx,
-        "SELECT fingerprint, order_id, response_body FROM idempotency_keys
-         WHERE caller = $1 AND key = $2",
+        "INSERT INTO idempotency_keys (caller, key, fingerprint, order_id, response_body, created_at)
+         VALUES ($1, $2, $3, $4, '', $5)
+         ON CONFLICT (caller, key) DO NOTHING
+         RETURNING true",
+        params![
+            caller,
+            idem.key.as_str(),
+            idem.fingerprint,
+            placement.id.as_uuid(),
+            placement.now,
+        ],
     )
-    .await?;
-    if let Some(row) = tx
-        .query_opt(&lookup, &[&caller, &idem.key.as_str()])
+    .await;
+    let claimed = match claimed {
+        Ok(claimed) => claimed.is_some(),
+        // The role's `lock_timeout` ran out while another request held the key.
+        Err(StoreError::Unavailable(e))
+            if e.downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code)
+                == Some(&SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            return Err(StoreError::RequestInProgress)
+        }
+        Err(e) => return Err(e),
+    };
+    if !claimed {
+        let row = query_opt(
+            &tx,
+            "SELECT fingerprint, order_id, response_body FROM idempotency_keys
+             WHERE caller = $1 AND key = $2",
+            params![caller, idem.key.as_str()],
+        )
         .await?
-    {
+        // Claimed and then rolled back between the two statements: try again.
+        .ok_or(StoreError::RequestInProgress)?;
         let fingerprint: String = row.try_get("fingerprint")?;
         if fingerprint != idem.fingerprint {
             return Err(StoreError::IdempotencyKeyReuse);
@@ -166,22 +181,11 @@ async fn create_with_key(
     };
     let outcome = placement.created(order)?;
     if let CreateOrderOutcome::Created { order, body, .. } = &outcome {
-        let remember = prepared(
+        execute(
             &tx,
-            "INSERT INTO idempotency_keys (caller, key, fingerprint, order_id, response_body, created_at)
-             VALUES ($6, $1, $2, $3, $4, $5)",
-        )
-        .await?;
-        tx.execute(
-            &remember,
-            &[
-                &idem.key.as_str(),
-                &idem.fingerprint,
-                &order.id.as_uuid(),
-                body,
-                &order.created_at,
-                &caller,
-            ],
+            "UPDATE idempotency_keys SET response_body = $3, created_at = $4
+             WHERE caller = $1 AND key = $2",
+            params![caller, idem.key.as_str(), body, order.created_at],
         )
         .await?;
     }
@@ -336,7 +340,7 @@ enum Decision {
 /// Runs the placement statement for the order's shape; the placed order, why it was
 /// refused, or `None` when it must run again.
 async fn place_order(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
     sent: &SentMessages,
 ) -> Result<Option<Order>, StoreError> {
@@ -392,7 +396,7 @@ async fn place_order(
 }
 
 async fn place_one_line(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
     sent: &SentMessages,
     product: ProductId,
@@ -403,8 +407,8 @@ async fn place_one_line(
         PLACE_ONE_LINE_ORDER,
         placement,
         sent,
-        &product.as_uuid(),
-        &i32::from(quantity.get()),
+        param(&product.as_uuid()),
+        param(&i32::from(quantity.get())),
     )
     .await?;
     match rows.first() {
@@ -414,13 +418,13 @@ async fn place_one_line(
         )),
         None => {
             // Nothing was written; read why, to answer with it.
-            let read = prepared(
+            let rows = query(
                 client,
                 "SELECT id, price, currency, inventory - reserved AS available
                  FROM products WHERE id = $1",
+                params![product.as_uuid()],
             )
             .await?;
-            let rows = client.query(&read, &[&product.as_uuid()]).await?;
             Ok(Decision::Refused(products_by_id(&rows)?))
         }
     }
@@ -428,7 +432,7 @@ async fn place_one_line(
 
 /// Runs [`PLACE_ORDER`] for an order of several lines.
 async fn place_lines(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
     sent: &SentMessages,
 ) -> Result<Decision, StoreError> {
@@ -444,8 +448,8 @@ async fn place_lines(
         PLACE_ORDER,
         placement,
         sent,
-        &product_ids,
-        &quantities,
+        param(&product_ids),
+        param(&quantities),
     )
     .await;
     let rows = match rows {
@@ -471,31 +475,30 @@ async fn place_lines(
 /// Runs a placement statement: both take the same parameters, the lines as `$2` (product)
 /// and `$3` (quantity), one value each or arrays.
 async fn run_placement(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     sql: &str,
     placement: &Placement<'_>,
     sent: &SentMessages,
-    products: &(dyn ToSql + Sync),
-    quantities: &(dyn ToSql + Sync),
+    products: Param<'_>,
+    quantities: Param<'_>,
 ) -> Result<Vec<Row>, StoreError> {
-    let statement = prepared(client, sql).await?;
-    Ok(client
-        .query(
-            &statement,
-            &[
-                &placement.id.as_uuid(),
-                products,
-                quantities,
-                &placement.now,
-                &placement.new.customer_id.as_ref().map(CustomerId::as_str),
-                &placement.event.message_id,
-                &placement.event.routing_key(),
-                &Json(placement.event.to_json()),
-                &sent.ids(),
-                &placement.by,
-            ],
-        )
-        .await?)
+    query(
+        client,
+        sql,
+        &[
+            param(&placement.id.as_uuid()),
+            products,
+            quantities,
+            param(&placement.now),
+            param(&placement.new.customer_id.as_ref().map(CustomerId::as_str)),
+            param(&placement.event.message_id),
+            param(&placement.event.routing_key()),
+            param(&Json(placement.event.to_json())),
+            param(&sent.ids()),
+            param(&placement.by),
+        ],
+    )
+    .await
 }
 
 /// A product row as a placement statement found it.
@@ -625,16 +628,14 @@ fn parse_status(raw: &str) -> Result<OrderStatus, StoreError> {
 /// The order, if `viewer` may see it: a customer sees only its own, and anyone else's is
 /// `NotFound`, decided by the statement that reads it.
 async fn load_order(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     viewer: &Caller,
     id: OrderId,
 ) -> Result<Order, StoreError> {
     let sql =
         format!("{ORDER_SELECT} WHERE o.id = $1 AND ($2::text IS NULL OR o.customer_id = $2)");
-    let statement = prepared(client, &sql).await?;
     let owner = viewer.own_orders_only().map(CustomerId::as_str);
-    let row = client
-        .query_opt(&statement, &[&id.as_uuid(), &owner])
+    let row = query_opt(client, &sql, params![id.as_uuid(), owner])
         .await?
         .ok_or(StoreError::NotFound)?;
     order_from_row(&row)
@@ -673,8 +674,7 @@ pub async fn list_orders(
         return Ok(Page::from_rows(Vec::new(), page, Listing::Orders, key));
     };
     let client = pool.get().await?;
-    let statement = prepared(&client, &search.sql).await?;
-    let rows = client.query(&statement, &search.params()).await?;
+    let rows = query(&client, &search.sql, &search.params()).await?;
     let orders = rows
         .iter()
         .map(order_from_row)
@@ -698,7 +698,7 @@ pub async fn explain_list_orders(
         "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
         search.sql
     );
-    let rows = client.query(&sql, &search.params()).await?;
+    let rows = query(&client, &sql, &search.params()).await?;
     rows.iter()
         .map(|row| row.try_get::<_, String>(0).map_err(StoreError::from))
         .collect()
@@ -707,7 +707,7 @@ pub async fn explain_list_orders(
 /// The statement of one order search and its parameters.
 struct OrderSearch {
     sql: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    params: Vec<(Box<dyn ToSql + Sync + Send>, Type)>,
 }
 
 impl OrderSearch {
@@ -750,15 +750,15 @@ impl OrderSearch {
     }
 
     /// Adds a parameter, returning its placeholder.
-    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
-        self.params.push(Box::new(value));
+    fn bind<T: SqlType + Send + 'static>(&mut self, value: T) -> String {
+        self.params.push((Box::new(value), T::TYPE));
         format!("${}", self.params.len())
     }
 
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    fn params(&self) -> Vec<Param<'_>> {
         self.params
             .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .map(|(value, ty)| (value.as_ref() as &(dyn ToSql + Sync), ty.clone()))
             .collect()
     }
 }
@@ -779,17 +779,15 @@ pub async fn update_order_status(
 ) -> Result<Written<Order>, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let lock_order = prepared(
+    let owner = caller.own_orders_only().map(CustomerId::as_str);
+    let row = query_opt(
         &tx,
         "SELECT status FROM orders
          WHERE id = $1 AND ($2::text IS NULL OR customer_id = $2)
          FOR UPDATE",
+        params![id.as_uuid(), owner],
     )
-    .await?;
-    let owner = caller.own_orders_only().map(CustomerId::as_str);
-    let row = tx
-        .query_opt(&lock_order, &[&id.as_uuid(), &owner])
-        .await?
+    .await?
         .ok_or(StoreError::NotFound)?;
     let from = parse_status(&row.try_get::<_, String>("status")?)?;
     if from == to {
@@ -806,32 +804,21 @@ pub async fn update_order_status(
     }
     let now = Utc::now().trunc_subsecs(6);
     let event = OrderEvent::status_changed(id, to, now, correlation_id);
-    let change_status = prepared(
-        &tx,
-        "WITH changed AS (
+    let change_status = "WITH changed AS (
              UPDATE orders SET status = $2, updated_at = $3 WHERE id = $1
          ), history AS (
              INSERT INTO order_status_history (order_id, status, at, changed_by) VALUES ($1, $2, $3, $7)
          )
-         INSERT INTO outbox (message_id, routing_key, payload, created_at) VALUES ($4, $5, $6, $3)",
-    )
-    .await?;
-    let change = async {
-        tx.execute(
-            &change_status,
-            &[
-                &id.as_uuid(),
-                &to.as_str(),
-                &now,
-                &event.message_id,
-                &event.routing_key(),
-                &Json(event.to_json()),
-                &caller.subject(),
-            ],
-        )
-        .await
-        .map_err(StoreError::from)
-    };
+         INSERT INTO outbox (message_id, routing_key, payload, created_at) VALUES ($4, $5, $6, $3)";
+    let (order_id, status, routing_key, payload, by) = (
+        id.as_uuid(),
+        to.as_str(),
+        event.routing_key(),
+        Json(event.to_json()),
+        caller.subject(),
+    );
+    let change_params = params![order_id, status, now, event.message_id, routing_key, payload, by];
+    let change = execute(&tx, change_status, change_params);
     tokio::try_join!(change, mark_sent(&tx, sent))?;
     let order = load_order(&tx, caller, id).await?;
     tx.commit().await?;

@@ -1,10 +1,11 @@
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::{prepared, StoreError};
+use super::sql::{execute, params, query, query_one, ClientLike};
+use super::StoreError;
 use crate::domain::OrderEvent;
 
 /// Outbox messages the broker confirmed, handed to a transaction to be marked sent with its
@@ -63,7 +64,7 @@ impl<T> Written<T> {
 /// less than [`crate::messaging::MARK_WINDOW`] ago, rows the relay (which takes rows older
 /// than its minimum age) never locks, so this never waits for the relay.
 pub(super) async fn mark_sent(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     sent: &SentMessages,
 ) -> Result<(), StoreError> {
     mark_published_with(client, sent.ids()).await
@@ -78,12 +79,16 @@ pub(super) async fn mark_sent(
 ///
 /// The mark is only a hint to the relay, so it is committed without waiting for the WAL
 /// flush (`synchronous_commit = off`), in one round trip: a mark lost in a crash means one
-/// harmless duplicate publish, and an order no longer pays a second fsync.
+/// harmless duplicate publish, and an order no longer pays a second fsync. A multiplexed
+/// session takes no `SET` (RDS Proxy would pin it): there the mark waits for its flush.
 pub async fn mark_published(pool: &Pool, message_ids: &[Uuid]) -> Result<(), StoreError> {
     if message_ids.is_empty() {
         return Ok(());
     }
     let client = pool.get().await?;
+    if super::sql::multiplexed() {
+        return mark_published_with(&client, message_ids).await;
+    }
     // UUIDs render as hex and dashes only, so they are safe to put in the query text. Both
     // statements go in one simple query, which PostgreSQL runs as one implicit transaction
     // (rolled back whole on an error, never left open on the pooled connection).
@@ -103,20 +108,19 @@ pub async fn mark_published(pool: &Pool, message_ids: &[Uuid]) -> Result<(), Sto
 }
 
 pub async fn mark_published_with(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     message_ids: &[Uuid],
 ) -> Result<(), StoreError> {
     if message_ids.is_empty() {
         return Ok(());
     }
-    let statement = prepared(
+    execute(
         client,
         "UPDATE outbox SET published_at = coalesce(published_at, now())
          WHERE message_id = ANY($1)",
+        params![message_ids],
     )
-    .await?;
-    client.execute(&statement, &[&message_ids]).await?;
-    Ok(())
+    .await
 }
 
 /// Locks up to `limit` unsent messages older than `min_age` and due for an attempt, oldest
@@ -124,21 +128,21 @@ pub async fn mark_published_with(
 /// the same row at once. A row whose payload does not read as an event is left out and
 /// named in the second list, to be counted as failed.
 pub async fn lock_unpublished(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     min_age: Duration,
     limit: i64,
 ) -> Result<(Vec<OrderEvent>, Vec<(Uuid, String)>), StoreError> {
-    let rows = client
-        .query(
-            "SELECT message_id, payload FROM outbox
-             WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
-               AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-             ORDER BY created_at
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-            &[&min_age.as_secs_f64(), &limit],
-        )
-        .await?;
+    let rows = query(
+        client,
+        "SELECT message_id, payload FROM outbox
+         WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)
+           AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+         ORDER BY created_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED",
+        params![min_age.as_secs_f64(), limit],
+    )
+    .await?;
     let mut events = Vec::with_capacity(rows.len());
     let mut unreadable = Vec::new();
     for row in &rows {
@@ -155,7 +159,7 @@ pub async fn lock_unpublished(
 /// and waits before its next attempt, longer after each failure (a minute doubling up to an
 /// hour), so that it never takes the place of the rows behind it.
 pub async fn record_publish_failures(
-    client: &impl GenericClient,
+    client: &(impl ClientLike + ?Sized),
     failures: &[(Uuid, String)],
 ) -> Result<(), StoreError> {
     if failures.is_empty() {
@@ -163,17 +167,16 @@ pub async fn record_publish_failures(
     }
     let (ids, errors): (Vec<Uuid>, Vec<&str>) =
         failures.iter().map(|(id, e)| (*id, e.as_str())).unzip();
-    client
-        .execute(
-            "UPDATE outbox o SET publish_failures = o.publish_failures + 1,
-                                 last_error = f.error,
-                                 next_attempt_at = now() + least(power(2, o.publish_failures), 60) * interval '1 minute'
-             FROM unnest($1::uuid[], $2::text[]) AS f(id, error)
-             WHERE o.message_id = f.id",
-            &[&ids, &errors],
-        )
-        .await?;
-    Ok(())
+    execute(
+        client,
+        "UPDATE outbox o SET publish_failures = o.publish_failures + 1,
+                             last_error = f.error,
+                             next_attempt_at = now() + least(power(2, o.publish_failures), 60) * interval '1 minute'
+         FROM unnest($1::uuid[], $2::text[]) AS f(id, error)
+         WHERE o.message_id = f.id",
+        params![ids, errors],
+    )
+    .await
 }
 
 /// Deletes up to `limit` published rows older than `retention`. Message ids are UUID v7,
@@ -196,38 +199,48 @@ pub async fn prune_published(
     bytes[8] = 0x80;
     let bound = Uuid::from_bytes(bytes);
     let client = pool.get().await?;
-    Ok(client
-        .execute(
-            "DELETE FROM outbox WHERE message_id IN (
+    let row = query_one(
+        &client,
+        "WITH pruned AS (
+             DELETE FROM outbox WHERE message_id IN (
                  SELECT message_id FROM outbox
                  WHERE message_id < $1 AND published_at IS NOT NULL
-                 ORDER BY message_id LIMIT $2)",
-            &[&bound, &limit],
-        )
-        .await?)
+                 ORDER BY message_id LIMIT $2)
+             RETURNING 1
+         )
+         SELECT count(*) FROM pruned",
+        params![bound, limit],
+    )
+    .await?;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
 }
 
 /// How many outbox messages wait to be published.
 pub async fn unpublished_count(pool: &Pool) -> Result<i64, StoreError> {
     let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-            &[],
-        )
-        .await?;
+    let row = query_one(
+        &client,
+        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        params![],
+    )
+    .await?;
     Ok(row.try_get(0)?)
 }
 
 /// Forgets idempotency keys after their promised lifetime (API.md: at least 24 hours).
 pub async fn purge_idempotency_keys(pool: &Pool) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    Ok(client
-        .execute(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - interval '25 hours'",
-            &[],
-        )
-        .await?)
+    let row = query_one(
+        &client,
+        "WITH purged AS (
+             DELETE FROM idempotency_keys WHERE created_at < now() - interval '25 hours'
+             RETURNING 1
+         )
+         SELECT count(*) FROM purged",
+        params![],
+    )
+    .await?;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
 }
 
 /// Orders that have not settled for longer than `older_than` (still `pending`, or asked to
@@ -243,9 +256,9 @@ pub async fn reannounce_unsettled(
     use crate::domain::{OrderId, OrderStatus};
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let rows = tx
-        .query(
-            "WITH stale AS (
+    let rows = query(
+        &tx,
+        "WITH stale AS (
                  SELECT id FROM orders
                  WHERE (status = 'pending' OR (stock = 'reserved' AND status IN ('shipped', 'delivered', 'cancelled')))
                    AND coalesce(announced_at, updated_at) < now() - make_interval(secs => $1)
@@ -255,9 +268,9 @@ pub async fn reannounce_unsettled(
              )
              UPDATE orders o SET announced_at = now() FROM stale WHERE o.id = stale.id
              RETURNING o.id, o.status",
-            &[&older_than.as_secs_f64(), &limit],
-        )
-        .await?;
+        params![older_than.as_secs_f64(), limit],
+    )
+    .await?;
     let now = chrono::Utc::now();
     let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -281,10 +294,11 @@ pub async fn reannounce_unsettled(
         let keys: Vec<String> = events.iter().map(OrderEvent::routing_key).collect();
         let payloads: Vec<Json<serde_json::Value>> =
             events.iter().map(|e| Json(e.to_json())).collect();
-        tx.execute(
+        execute(
+            &tx,
             "INSERT INTO outbox (message_id, routing_key, payload)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[])",
-            &[&ids, &keys, &payloads],
+            params![ids, keys, payloads],
         )
         .await?;
     }

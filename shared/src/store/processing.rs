@@ -10,6 +10,7 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::outbox::mark_sent;
+use super::sql::{execute, params, query, query_one};
 use super::{corrupt, SentMessages, StoreError, Written};
 use crate::domain::{Actor, OrderEvent, OrderId, OrderStatus, StockEffect};
 
@@ -114,9 +115,10 @@ pub async fn apply_order_commands(
     // Orders are locked in id order; products below in id order too. The API locks products
     // (order creation) or one order (status change), never an order then a product, so no
     // lock cycle can form.
-    let lock_orders = async {
-        tx.query(
-            "SELECT o.id, o.status, o.stock, i.product_id, i.quantity::bigint AS quantity,
+    let lock_params = params![order_ids];
+    let lock_orders = query(
+        &tx,
+        "SELECT o.id, o.status, o.stock, i.product_id, i.quantity::bigint AS quantity,
                     EXISTS (SELECT 1 FROM inventory_ledger l
                             WHERE l.order_id = o.id AND l.product_id = i.product_id
                               AND l.reason = 'reserve') AS reserved
@@ -124,11 +126,8 @@ pub async fn apply_order_commands(
              WHERE o.id = ANY($1)
              ORDER BY o.id
              FOR UPDATE OF o",
-            &[&order_ids],
-        )
-        .await
-        .map_err(StoreError::from)
-    };
+        lock_params,
+    );
     // Polled together, the two statements go out in one round trip.
     let (rows, ()) = tokio::try_join!(lock_orders, mark_sent(&tx, sent))?;
     let mut locked: HashMap<Uuid, LockedOrder> = HashMap::new();
@@ -258,9 +257,10 @@ pub async fn apply_order_commands(
     if !change_ids.is_empty() {
         let product_ids: Vec<Uuid> = product_deltas.keys().copied().collect();
         if !product_ids.is_empty() {
-            tx.execute(
+            execute(
+                &tx,
                 "SELECT 1 FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                &[&product_ids],
+                params![product_ids],
             )
             .await?;
         }
@@ -270,7 +270,8 @@ pub async fn apply_order_commands(
         let routing_keys: Vec<String> = batch.events.iter().map(OrderEvent::routing_key).collect();
         let payloads: Vec<Json<serde_json::Value>> =
             batch.events.iter().map(|e| Json(e.to_json())).collect();
-        tx.execute(
+        execute(
+            &tx,
             "WITH changes AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) AS c(id, status, stock)
              ), moved AS (
@@ -302,22 +303,22 @@ pub async fn apply_order_commands(
              INSERT INTO outbox (message_id, routing_key, payload, created_at)
              SELECT message_id, routing_key, payload, $4
              FROM unnest($13::uuid[], $14::text[], $15::jsonb[]) AS x(message_id, routing_key, payload)",
-            &[
-                &change_ids,
-                &change_status,
-                &change_stock,
-                &now,
-                &product_ids,
-                &inventory_deltas,
-                &reserved_deltas,
-                &ledger_products,
-                &ledger_inventory,
-                &ledger_reserved,
-                &ledger_reasons,
-                &ledger_orders,
-                &message_ids,
-                &routing_keys,
-                &payloads,
+            params![
+                change_ids,
+                change_status,
+                change_stock,
+                now,
+                product_ids,
+                inventory_deltas,
+                reserved_deltas,
+                ledger_products,
+                ledger_inventory,
+                ledger_reserved,
+                ledger_reasons,
+                ledger_orders,
+                message_ids,
+                routing_keys,
+                payloads,
             ],
         )
         .await?;
@@ -330,39 +331,41 @@ pub async fn apply_order_commands(
 /// the try leaves it counted) and returns how many there have been.
 pub async fn count_delivery(pool: &Pool, message_id: &str) -> Result<i32, StoreError> {
     let client = pool.get().await?;
-    let statement = super::prepared(
+    let row = query_one(
         &client,
         "INSERT INTO processor_deliveries (message_id, deliveries) VALUES ($1, 1)
          ON CONFLICT (message_id) DO UPDATE
              SET deliveries = processor_deliveries.deliveries + 1, last_seen = now()
          RETURNING deliveries",
+        params![message_id],
     )
     .await?;
-    Ok(client
-        .query_one(&statement, &[&message_id])
-        .await?
-        .try_get(0)?)
+    Ok(row.try_get(0)?)
 }
 
 /// Forgets the count of a message that went through (or was parked).
 pub async fn forget_delivery(pool: &Pool, message_id: &str) -> Result<(), StoreError> {
     let client = pool.get().await?;
-    let statement = super::prepared(
+    execute(
         &client,
         "DELETE FROM processor_deliveries WHERE message_id = $1",
+        params![message_id],
     )
-    .await?;
-    client.execute(&statement, &[&message_id]).await?;
-    Ok(())
+    .await
 }
 
 /// Forgets counts of messages not seen for a day: their batch went through some other way.
 pub async fn prune_delivery_counts(pool: &Pool) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    Ok(client
-        .execute(
-            "DELETE FROM processor_deliveries WHERE last_seen < now() - interval '1 day'",
-            &[],
-        )
-        .await?)
+    let row = query_one(
+        &client,
+        "WITH pruned AS (
+             DELETE FROM processor_deliveries WHERE last_seen < now() - interval '1 day'
+             RETURNING 1
+         )
+         SELECT count(*) FROM pruned",
+        params![],
+    )
+    .await?;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
 }

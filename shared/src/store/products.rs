@@ -1,8 +1,9 @@
-use deadpool_postgres::{GenericClient, Pool};
+use deadpool_postgres::Pool;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Row;
 
-use super::{corrupt, prepared, Listing, Page, PageRequest, Position, Shortage, StoreError};
+use super::sql::{params, query, query_one, query_opt};
+use super::{corrupt, Listing, Page, PageRequest, Position, Shortage, StoreError};
 use crate::domain::{
     AdjustmentReason, Currency, Description, Money, OrderId, Product, ProductId, ProductName, Sku,
     Staff, StockDelta,
@@ -71,33 +72,34 @@ pub async fn create_product(
          )
          SELECT {COLUMNS} FROM created"
     );
-    let result = client
-        .query_one(
-            &sql,
-            &[
-                &ProductId::generate().as_uuid(),
-                &new.sku.as_ref().map(Sku::as_str),
-                &new.name.as_str(),
-                &new.description.as_ref().map(Description::as_str),
-                &new.price.as_decimal(),
-                &new.currency.as_str(),
-                &new.inventory,
-                &by.subject(),
-            ],
-        )
-        .await;
+    let result = query_one(
+        &client,
+        &sql,
+        params![
+            ProductId::generate().as_uuid(),
+            new.sku.as_ref().map(Sku::as_str),
+            new.name.as_str(),
+            new.description.as_ref().map(Description::as_str),
+            new.price.as_decimal(),
+            new.currency.as_str(),
+            new.inventory,
+            by.subject(),
+        ],
+    )
+    .await;
     match result {
         Ok(row) => product_from_row(&row),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(StoreError::DuplicateSku),
-        Err(e) => Err(e.into()),
+        Err(StoreError::Database(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(StoreError::DuplicateSku)
+        }
+        Err(e) => Err(e),
     }
 }
 
 pub async fn get_product(pool: &Pool, id: ProductId) -> Result<Product, StoreError> {
     let client = pool.get().await?;
     let sql = format!("SELECT {COLUMNS} FROM products WHERE id = $1");
-    let row = client
-        .query_opt(&sql, &[&id.as_uuid()])
+    let row = query_opt(&client, &sql, params![id.as_uuid()])
         .await?
         .ok_or(StoreError::NotFound)?;
     product_from_row(&row)
@@ -113,8 +115,7 @@ pub async fn list_products(pool: &Pool, page: PageRequest) -> Result<Page<Produc
                 "SELECT {COLUMNS} FROM products WHERE created_at < listing_horizon()
                  ORDER BY created_at, id LIMIT $1"
             );
-            let statement = prepared(&client, &sql).await?;
-            client.query(&statement, &[&(page.limit() + 1)]).await?
+            query(&client, &sql, params![page.limit() + 1]).await?
         }
         Some((at, id)) => {
             let sql = format!(
@@ -122,10 +123,7 @@ pub async fn list_products(pool: &Pool, page: PageRequest) -> Result<Page<Produc
                  WHERE (created_at, id) > ($1, $2) AND created_at < listing_horizon()
                  ORDER BY created_at, id LIMIT $3"
             );
-            let statement = prepared(&client, &sql).await?;
-            client
-                .query(&statement, &[&at, &id, &(page.limit() + 1)])
-                .await?
+            query(&client, &sql, params![at, id, page.limit() + 1]).await?
         }
     };
     let products = rows
@@ -154,18 +152,18 @@ pub async fn update_product(
          RETURNING {COLUMNS}"
     );
     let description = patch.description.as_ref();
-    let row = client
-        .query_opt(
-            &sql,
-            &[
-                &id.as_uuid(),
-                &patch.name.as_ref().map(ProductName::as_str),
-                &description.is_some(),
-                &description.and_then(|d| d.as_ref().map(Description::as_str)),
-                &patch.price.map(Money::as_decimal),
-            ],
-        )
-        .await?
+    let row = query_opt(
+        &client,
+        &sql,
+        params![
+            id.as_uuid(),
+            patch.name.as_ref().map(ProductName::as_str),
+            description.is_some(),
+            description.and_then(|d| d.as_ref().map(Description::as_str)),
+            patch.price.map(Money::as_decimal),
+        ],
+    )
+    .await?
         .ok_or(StoreError::NotFound)?;
     product_from_row(&row)
 }
@@ -185,12 +183,12 @@ pub async fn adjust_inventory(
 ) -> Result<Product, StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let current = tx
-        .query_opt(
-            "SELECT inventory, reserved FROM products WHERE id = $1 FOR UPDATE",
-            &[&id.as_uuid()],
-        )
-        .await?
+    let current = query_opt(
+        &tx,
+        "SELECT inventory, reserved FROM products WHERE id = $1 FOR UPDATE",
+        params![id.as_uuid()],
+    )
+    .await?
         .ok_or(StoreError::NotFound)?;
     let (inventory, reserved): (i64, i64) =
         (current.try_get("inventory")?, current.try_get("reserved")?);
@@ -212,12 +210,12 @@ pub async fn adjust_inventory(
          )
          SELECT {COLUMNS} FROM adjusted"
     );
-    let row = tx
-        .query_one(
-            &sql,
-            &[&id.as_uuid(), &delta.get(), &reason.as_str(), &by.subject()],
-        )
-        .await?;
+    let row = query_one(
+        &tx,
+        &sql,
+        params![id.as_uuid(), delta.get(), reason.as_str(), by.subject()],
+    )
+    .await?;
     let product = product_from_row(&row)?;
     tx.commit().await?;
     Ok(product)
@@ -272,14 +270,11 @@ pub async fn list_stock_movements(
     let limit = page.limit() + 1;
     let rows = match page.after_entry() {
         None => {
-            let statement = prepared(&client, &page_of("")).await?;
-            client.query(&statement, &[&id.as_uuid(), &limit]).await?
+            query(&client, &page_of(""), params![id.as_uuid(), limit]).await?
         }
         Some((at, seq)) => {
-            let statement = prepared(&client, &page_of("AND (l.at, l.seq) > ($3, $4)")).await?;
-            client
-                .query(&statement, &[&id.as_uuid(), &limit, &at, &seq])
-                .await?
+            let sql = page_of("AND (l.at, l.seq) > ($3, $4)");
+            query(&client, &sql, params![id.as_uuid(), limit, at, seq]).await?
         }
     };
     if rows.is_empty() {
