@@ -44,6 +44,15 @@ fi
 # many minutes per binary on two cores, and the local stack serves a developer, not a load.
 say "building (the first build takes a few minutes)"
 cargo build --bins
-say "applying migrations and the RabbitMQ topology"
-cargo run -q --bin migrate
-exec cargo run -q --bin local-stack -- "$@"
+say "applying migrations, the application role and the RabbitMQ topology"
+DATABASE_APP_ROLE="${DATABASE_APP_ROLE:-oms_app}" cargo run -q --bin migrate
+# The functions connect as the application role, which owns nothing, and through PgBouncer
+# in transaction mode, as they would through RDS Proxy: the same least privilege and the
+# same multiplexed sessions as in AWS. FUNCTIONS_DATABASE_URL may point elsewhere.
+if [[ -z "${FUNCTIONS_DATABASE_URL:-}" && ( "$DATABASE_URL" == *"@127.0.0.1:5432/"* || "$DATABASE_URL" == *"@localhost:5432/"* ) ]]; then
+  ensure_pgbouncer
+  db_name="${DATABASE_URL##*/}"
+  FUNCTIONS_DATABASE_URL="postgres://${DATABASE_APP_ROLE:-oms_app}@127.0.0.1:${POOLER_PORT}/${db_name}"
+  export DATABASE_MULTIPLEXED=true
+fi
+DATABASE_URL="${FUNCTIONS_DATABASE_URL:-$DATABASE_URL}" exec cargo run -q --bin local-stack -- "$@"

@@ -323,6 +323,38 @@ pub struct BrokerConfig {
     /// `AMQP_RETRY_DELAYS`, seconds separated by commas, default `1,10,60,600`: the delays
     /// before a failed message's next attempts, one delay queue each. Tests shorten them.
     pub retry_delays: Vec<Duration>,
+    /// `AMQP_QUEUE_TYPE`, `classic` (default) or `quorum`: a clustered broker replicates
+    /// quorum queues across its nodes, so a node lost loses no message.
+    pub queue_type: QueueType,
+}
+
+/// The kind of queue every queue of the topology is declared as (`x-queue-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+}
+
+impl FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!("`{other}` is neither `classic` nor `quorum`")),
+        }
+    }
 }
 
 /// About a second growing to about ten minutes (API.md, Messages).
@@ -389,6 +421,7 @@ impl BrokerConfig {
             exchange: optional("AMQP_EXCHANGE", "orders".to_owned())?,
             queue_prefix: optional("AMQP_QUEUE_PREFIX", String::new())?,
             retry_delays,
+            queue_type: optional("AMQP_QUEUE_TYPE", QueueType::Classic)?,
         })
     }
 }

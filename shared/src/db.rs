@@ -304,7 +304,8 @@ pub async fn set_up_app_role(pool: &Pool, role: &AppRoleConfig) -> Result<(), Mi
         .await
         .map_err(MigrationError::AppRole)?;
     for index in 0..statements.len() {
-        let statement: Option<String> = statements.try_get(index).map_err(MigrationError::AppRole)?;
+        let statement: Option<String> =
+            statements.try_get(index).map_err(MigrationError::AppRole)?;
         if let Some(statement) = statement {
             client
                 .batch_execute(&statement)

@@ -1,4 +1,4 @@
-use shared::config::BrokerConfig;
+use shared::config::{BrokerConfig, QueueType};
 use shared::messaging::{Broker, Topology};
 
 /// An exchange and queues of the test's own on the real RabbitMQ, deleted when the test ends.
@@ -17,12 +17,26 @@ impl TestBroker {
 
     /// Delay queues of these delays, so a test can wait out the whole ladder.
     pub async fn with_retry_delays(retry_delays: Vec<std::time::Duration>) -> Self {
+        Self::with_config(retry_delays, QueueType::Classic).await
+    }
+
+    /// A topology of quorum queues, as a clustered broker has (one node replicates to itself).
+    pub async fn quorum() -> Self {
+        Self::with_config(
+            shared::config::DEFAULT_RETRY_DELAYS.to_vec(),
+            QueueType::Quorum,
+        )
+        .await
+    }
+
+    async fn with_config(retry_delays: Vec<std::time::Duration>, queue_type: QueueType) -> Self {
         let suffix = crate::unique_suffix();
         let config = BrokerConfig {
             url: crate::amqp_url(),
             exchange: format!("test.{suffix}.orders"),
             queue_prefix: format!("test.{suffix}."),
             retry_delays,
+            queue_type,
         };
         let topology = Topology::new(&config);
         let broker = Broker::new(config.clone());

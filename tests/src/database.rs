@@ -19,7 +19,8 @@ pub struct TestDb {
     pub app_url: String,
     /// Whether `app_url` goes through the pooler (a function's `DATABASE_MULTIPLEXED`).
     pub multiplexed: bool,
-    owner: Pool,
+    /// The owner's direct pool: seeding, `ANALYZE`, anything the application role may not do.
+    pub owner: Pool,
 }
 
 /// The application role the tests' functions connect as (created by `migrate`).

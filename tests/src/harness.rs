@@ -17,8 +17,12 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new() -> Self {
+        Self::with_broker(TestBroker::new().await).await
+    }
+
+    /// The system on `broker`'s topology (e.g. [`TestBroker::quorum`]).
+    pub async fn with_broker(broker: TestBroker) -> Self {
         let db = TestDb::new().await;
-        let broker = TestBroker::new().await;
         let api = Api::with_state(ApiState {
             pool: db.pool.clone(),
             publisher: Some(Publisher::new(broker.broker())),

@@ -528,7 +528,11 @@ async fn order_placement_reuses_one_generic_plan() {
             tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
             _ => None,
         });
-        assert_eq!(count.as_deref(), Some("0"), "a named statement was prepared");
+        assert_eq!(
+            count.as_deref(),
+            Some("0"),
+            "a named statement was prepared"
+        );
         return;
     }
     for statement in ["WITH reserve AS%", "WITH lines AS%"] {

@@ -579,3 +579,41 @@ async fn every_routing_key_reaches_a_queue_and_nothing_piles_up_unread() {
         .await;
     assert!(gone.is_err(), "{legacy} still exists");
 }
+
+/// A clustered broker's topology: every queue a quorum queue (`AMQP_QUEUE_TYPE=quorum`),
+/// which one node serves as well. Orders flow, and a message that can never apply is parked.
+#[tokio::test]
+async fn orders_flow_through_a_topology_of_quorum_queues() {
+    let h = Harness::with_broker(system_tests::TestBroker::quorum().await).await;
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "--no-table-headers", "name", "type"])
+        .output();
+    if let Some(listed) = listed.ok().filter(|o| o.status.success()) {
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let ours: Vec<&str> = listed
+            .lines()
+            .filter(|line| line.starts_with(h.broker.config.queue_prefix.as_str()))
+            .filter(|line| !line.contains("observer"))
+            .collect();
+        assert!(ours.len() >= 3, "{listed}");
+        assert!(ours.iter().all(|line| line.ends_with("quorum")), "{ours:?}");
+    }
+    let product = h.api.product("4.00", 10).await;
+    let order = id(&h.api.order(&[(&product, 2)]).await);
+    let summaries = h.settle().await;
+    assert_eq!(summaries[0].applied, 1);
+    assert_eq!(h.order_status(&order).await, "processed");
+
+    let unreadable = EventMessage::new(b"not an event".to_vec());
+    h.handle(&[unreadable]).await;
+    let parked = h
+        .broker
+        .wait_for(
+            &h.broker.topology.dead_letter_queue,
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(parked.len(), 1);
+    h.db.assert_always_invariants().await;
+}

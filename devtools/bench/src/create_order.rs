@@ -194,7 +194,7 @@ async fn ours(
     settings: &Settings,
 ) -> Measured {
     let state = Arc::new(ApiState {
-        pool: seed::pool(&db.url, concurrency),
+        pool: seed::function_pool(db, concurrency),
         publisher: publish.then(|| Publisher::new(broker.broker())),
     });
     let events = Arc::new(OrderEvents::new(keyed));
@@ -449,8 +449,8 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
     let ours_db = TestDb::with_pool_size(2).await;
     let limit_db = TestDb::with_pool_size(2).await;
     for db in [&ours_db, &limit_db] {
-        seed::products(&db.pool).await;
-        seed::history(&db.pool, HISTORY_ORDERS).await;
+        seed::products(&db.owner).await;
+        seed::history(&db.owner, HISTORY_ORDERS).await;
     }
     let limit = match find_pgbench() {
         Some(program) => {

@@ -292,9 +292,9 @@ impl Fixture {
     async fn new(orders_each: usize, unsent_outbox: usize) -> Self {
         let db = TestDb::with_pool_size(2).await;
         let broker = TestBroker::new().await;
-        seed::products(&db.pool).await;
-        let to_cancel = seed::pending_orders(&db.pool, orders_each).await;
-        let to_process = seed::pending_orders(&db.pool, orders_each).await;
+        seed::products(&db.owner).await;
+        let to_cancel = seed::pending_orders(&db.owner, orders_each).await;
+        let to_process = seed::pending_orders(&db.owner, orders_each).await;
         // Rows a crashed writer left behind, for the relay; old enough to be its.
         let events: Vec<Value> = (0..unsent_outbox)
             .map(|_| {

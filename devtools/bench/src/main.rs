@@ -16,6 +16,8 @@
 //! ```sh
 //! cargo run --profile bench -p bench                 # everything (~10 min plus the build)
 //! cargo run --profile bench -p bench -- --quick      # a short smoke run
+//! TEST_POOLER_URL=postgres://oms_app@127.0.0.1:6432/postgres?sslmode=disable \
+//!   cargo run --profile bench -p bench -- --only orders   # the functions through PgBouncer
 //! cargo run --profile bench -p bench -- --only processor,functions --no-build
 //! cargo run --profile bench -p bench -- --only search   # ~5 min, 2 of them seeding
 //! ```

@@ -28,8 +28,8 @@ pub struct Settings {
 /// the connections and prepared statements first, as a warm Lambda has them.
 async fn orders(count: usize) -> (TestDb, Vec<Uuid>, Uuid) {
     let db = TestDb::with_pool_size(2).await;
-    seed::products(&db.pool).await;
-    let mut orders = seed::pending_orders(&db.pool, count + 1).await;
+    seed::products(&db.owner).await;
+    let mut orders = seed::pending_orders(&db.owner, count + 1).await;
     let warm_up = orders.pop().expect("the warm-up order");
     (db, orders, warm_up)
 }

@@ -868,8 +868,8 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
         thousands(CUSTOMERS as f64)
     );
     let seeding = Instant::now();
-    seed::products(&db.pool).await;
-    seed::search_shop(&db.pool, ORDERS, CUSTOMERS).await;
+    seed::products(&db.owner).await;
+    seed::search_shop(&db.owner, ORDERS, CUSTOMERS).await;
     let seed_seconds = seeding.elapsed().as_secs_f64();
     eprintln!("[search] seeded in {seed_seconds:.0} s (VACUUM ANALYZE included)");
     let (admin, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)

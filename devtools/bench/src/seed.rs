@@ -30,6 +30,16 @@ pub fn pool(url: &str, size: usize) -> Pool {
     build_pool(&config).expect("pool")
 }
 
+/// The pool a function gets: the application role, through the pooler when the bench runs
+/// with `TEST_POOLER_URL` (PgBouncer in transaction mode, the stand-in for RDS Proxy).
+pub fn function_pool(db: &system_tests::TestDb, size: usize) -> Pool {
+    let mut config = DatabaseConfig::from_url(&db.app_url).expect("bench database url");
+    config.pool_size = size;
+    config.timeout = std::time::Duration::from_secs(30);
+    config.multiplexed = db.multiplexed;
+    build_pool(&config).expect("pool")
+}
+
 /// The hot product and `SPREAD_PRODUCTS` others, each with `STOCK` units and its ledger row.
 pub async fn products(pool: &Pool) {
     let client = pool.get().await.expect("seed connection");

@@ -201,6 +201,7 @@ mod tests {
             exchange: "orders".into(),
             queue_prefix: String::new(),
             retry_delays: crate::config::DEFAULT_RETRY_DELAYS.to_vec(),
+            queue_type: Default::default(),
         }))
     }
 

@@ -8,7 +8,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::ExchangeKind;
 
 use super::{Broker, BrokerError};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, QueueType};
 
 /// The routing keys the processor acts on. Its own `processed`/`rejected` events are not
 /// among them, so they never come back to it.
@@ -40,6 +40,9 @@ pub struct Topology {
     pub sink_queue: String,
     /// The unread tail that the sink replaces; removed when the topology is declared.
     legacy_audit_queue: String,
+    /// Every queue's `x-queue-type`. A queue keeps the type it was declared with: changing
+    /// it means new queues (RabbitMQ refuses to redeclare one as another type).
+    queue_type: QueueType,
 }
 
 /// `1s`, `600s`, or `50ms` for a delay shorter than a second or not whole.
@@ -65,8 +68,23 @@ impl Topology {
             dead_letter_queue: format!("{queue}.dlq"),
             sink_queue: format!("{queue}.sink"),
             legacy_audit_queue: format!("{queue}.audit"),
+            queue_type: config.queue_type,
             queue,
         }
+    }
+
+    /// The arguments every queue is declared with, to which a queue adds its own. A classic
+    /// queue is declared without `x-queue-type`, as the queues of earlier deploys were (and
+    /// so takes a virtual host's default type, where an operator set one).
+    fn queue_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            arguments.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString(LongString::from(self.queue_type.as_str())),
+            );
+        }
+        arguments
     }
 
     /// The delay queue for a message whose `attempt` (1-based) just failed.
@@ -110,7 +128,7 @@ impl Topology {
             .await
             .map_err(BrokerError::Refused)?;
         channel
-            .queue_declare(self.queue.as_str().into(), durable, FieldTable::default())
+            .queue_declare(self.queue.as_str().into(), durable, self.queue_arguments())
             .await
             .map_err(BrokerError::Refused)?;
         for key in PROCESSOR_BINDINGS {
@@ -126,7 +144,7 @@ impl Topology {
                 .map_err(BrokerError::Refused)?;
         }
         for (name, delay) in &self.retry_queues {
-            let mut arguments = FieldTable::default();
+            let mut arguments = self.queue_arguments();
             arguments.insert(
                 ShortString::from("x-message-ttl"),
                 AMQPValue::LongLongInt(delay.as_millis() as i64),
@@ -148,13 +166,13 @@ impl Topology {
             .queue_declare(
                 self.dead_letter_queue.as_str().into(),
                 durable,
-                FieldTable::default(),
+                self.queue_arguments(),
             )
             .await
             .map_err(BrokerError::Refused)?;
         // A message routed here expires at once: routed (so confirmed, not returned), kept
         // nowhere.
-        let mut sink = FieldTable::default();
+        let mut sink = self.queue_arguments();
         sink.insert(
             ShortString::from("x-message-ttl"),
             AMQPValue::LongLongInt(0),

@@ -18,8 +18,6 @@ pub use outbox::{
 };
 pub use outbox::{mark_published_with, SentMessages, Written};
 pub use page::{Listing, Page, PageRequest, Position};
-pub(crate) use sql::sessions_are_multiplexed;
-pub use sql::ClientLike;
 pub use processing::{
     apply_order_commands, count_delivery, forget_delivery, prune_delivery_counts, BatchOutcomes,
     CommandOutcome, OrderCommand,
@@ -28,6 +26,8 @@ pub use products::{
     adjust_inventory, create_product, get_product, list_products, list_stock_movements,
     update_product, NewProduct, ProductPatch, StockMovement, StockMovementDelta,
 };
+pub(crate) use sql::sessions_are_multiplexed;
+pub use sql::ClientLike;
 
 use deadpool_postgres::PoolError;
 use tokio_postgres::error::SqlState;

@@ -11,8 +11,7 @@ use uuid::Uuid;
 use super::outbox::mark_sent;
 use super::sql::{execute, param, params, query, query_opt, ClientLike, Param, SqlType};
 use super::{
-    corrupt, Listing, Page, PageRequest, Position, SentMessages, Shortage, StoreError,
-    Written,
+    corrupt, Listing, Page, PageRequest, Position, SentMessages, Shortage, StoreError, Written,
 };
 use crate::domain::{
     Actor, Caller, Currency, CustomerId, IdempotencyKey, Money, Order, OrderEvent, OrderId,
@@ -788,7 +787,7 @@ pub async fn update_order_status(
         params![id.as_uuid(), owner],
     )
     .await?
-        .ok_or(StoreError::NotFound)?;
+    .ok_or(StoreError::NotFound)?;
     let from = parse_status(&row.try_get::<_, String>("status")?)?;
     if from == to {
         let (order, ()) = tokio::try_join!(load_order(&tx, caller, id), mark_sent(&tx, sent))?;
@@ -817,7 +816,15 @@ pub async fn update_order_status(
         Json(event.to_json()),
         caller.subject(),
     );
-    let change_params = params![order_id, status, now, event.message_id, routing_key, payload, by];
+    let change_params = params![
+        order_id,
+        status,
+        now,
+        event.message_id,
+        routing_key,
+        payload,
+        by
+    ];
     let change = execute(&tx, change_status, change_params);
     tokio::try_join!(change, mark_sent(&tx, sent))?;
     let order = load_order(&tx, caller, id).await?;

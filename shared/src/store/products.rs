@@ -164,7 +164,7 @@ pub async fn update_product(
         ],
     )
     .await?
-        .ok_or(StoreError::NotFound)?;
+    .ok_or(StoreError::NotFound)?;
     product_from_row(&row)
 }
 
@@ -189,7 +189,7 @@ pub async fn adjust_inventory(
         params![id.as_uuid()],
     )
     .await?
-        .ok_or(StoreError::NotFound)?;
+    .ok_or(StoreError::NotFound)?;
     let (inventory, reserved): (i64, i64) =
         (current.try_get("inventory")?, current.try_get("reserved")?);
     if inventory + delta.get() < reserved {
@@ -269,9 +269,7 @@ pub async fn list_stock_movements(
     };
     let limit = page.limit() + 1;
     let rows = match page.after_entry() {
-        None => {
-            query(&client, &page_of(""), params![id.as_uuid(), limit]).await?
-        }
+        None => query(&client, &page_of(""), params![id.as_uuid(), limit]).await?,
         Some((at, seq)) => {
             let sql = page_of("AND (l.at, l.seq) > ($3, $4)");
             query(&client, &sql, params![id.as_uuid(), limit, at, seq]).await?

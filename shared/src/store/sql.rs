@@ -153,7 +153,10 @@ macro_rules! client_like {
     )*};
 }
 
-client_like!(deadpool_postgres::Client, deadpool_postgres::Transaction<'_>);
+client_like!(
+    deadpool_postgres::Client,
+    deadpool_postgres::Transaction<'_>
+);
 
 /// Runs `sql` with `params` and returns its rows: prepared and cached on a direct session,
 /// unnamed on a multiplexed one.
