@@ -4,7 +4,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::Json;
 use uuid::Uuid;
 
-use super::sql::{execute, params, query, query_one, ClientLike};
+use super::sql::{changed_rows, execute, params, query, query_one, ClientLike};
 use super::StoreError;
 use crate::domain::OrderEvent;
 
@@ -199,20 +199,15 @@ pub async fn prune_published(
     bytes[8] = 0x80;
     let bound = Uuid::from_bytes(bytes);
     let client = pool.get().await?;
-    let row = query_one(
+    changed_rows(
         &client,
-        "WITH pruned AS (
-             DELETE FROM outbox WHERE message_id IN (
-                 SELECT message_id FROM outbox
-                 WHERE message_id < $1 AND published_at IS NOT NULL
-                 ORDER BY message_id LIMIT $2)
-             RETURNING 1
-         )
-         SELECT count(*) FROM pruned",
+        "DELETE FROM outbox WHERE message_id IN (
+             SELECT message_id FROM outbox
+             WHERE message_id < $1 AND published_at IS NOT NULL
+             ORDER BY message_id LIMIT $2)",
         params![bound, limit],
     )
-    .await?;
-    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    .await
 }
 
 /// How many outbox messages wait to be published.
@@ -230,17 +225,12 @@ pub async fn unpublished_count(pool: &Pool) -> Result<i64, StoreError> {
 /// Forgets idempotency keys after their promised lifetime (API.md: at least 24 hours).
 pub async fn purge_idempotency_keys(pool: &Pool) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    let row = query_one(
+    changed_rows(
         &client,
-        "WITH purged AS (
-             DELETE FROM idempotency_keys WHERE created_at < now() - interval '25 hours'
-             RETURNING 1
-         )
-         SELECT count(*) FROM purged",
+        "DELETE FROM idempotency_keys WHERE created_at < now() - interval '25 hours'",
         params![],
     )
-    .await?;
-    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    .await
 }
 
 /// Orders that have not settled for longer than `older_than` (still `pending`, or asked to

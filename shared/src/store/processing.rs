@@ -10,7 +10,7 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::outbox::mark_sent;
-use super::sql::{execute, params, query, query_one};
+use super::sql::{changed_rows, execute, params, query, query_one};
 use super::{corrupt, SentMessages, StoreError, Written};
 use crate::domain::{Actor, OrderEvent, OrderId, OrderStatus, StockEffect};
 
@@ -357,15 +357,10 @@ pub async fn forget_delivery(pool: &Pool, message_id: &str) -> Result<(), StoreE
 /// Forgets counts of messages not seen for a day: their batch went through some other way.
 pub async fn prune_delivery_counts(pool: &Pool) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    let row = query_one(
+    changed_rows(
         &client,
-        "WITH pruned AS (
-             DELETE FROM processor_deliveries WHERE last_seen < now() - interval '1 day'
-             RETURNING 1
-         )
-         SELECT count(*) FROM pruned",
+        "DELETE FROM processor_deliveries WHERE last_seen < now() - interval '1 day'",
         params![],
     )
-    .await?;
-    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+    .await
 }

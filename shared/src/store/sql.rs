@@ -198,6 +198,18 @@ pub(crate) async fn query_one(
         .ok_or_else(|| super::corrupt("rows of a one-row statement", 0))
 }
 
+/// Runs the `DELETE` or `UPDATE` `dml` and returns how many rows it changed: an unnamed
+/// statement reports no count, so the rows are counted in the statement itself.
+pub(crate) async fn changed_rows(
+    client: &(impl ClientLike + ?Sized),
+    dml: &str,
+    params: &[Param<'_>],
+) -> Result<u64, StoreError> {
+    let sql = format!("WITH changed AS ({dml} RETURNING 1) SELECT count(*) FROM changed");
+    let row = query_one(client, &sql, params).await?;
+    Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+}
+
 /// [`query`] for a statement run for its effect.
 pub(crate) async fn execute(
     client: &(impl ClientLike + ?Sized),
