@@ -67,9 +67,13 @@ impl PasswordRole {
             system_tests::admin_database_url().replace("/postgres?", &format!("/{database}?"));
         let (db, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
         tokio::spawn(connection);
+        // Migrate revokes PUBLIC's rights on the database: this role gets what the
+        // application role has.
         db.batch_execute(&format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {name};
-             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name};",
+            "GRANT CONNECT ON DATABASE {database} TO {name};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {name};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {name};
+             GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {name};",
             name = role.name
         ))
         .await
