@@ -79,6 +79,9 @@ max_client_conn = 4000
 default_pool_size = 16
 max_user_connections = 70
 server_idle_timeout = 10
+; A statement waits at most 5 s for a server connection (then 08P01, a 503), as RDS
+; Proxy's ConnectionBorrowTimeout bounds it in AWS.
+query_wait_timeout = 5
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
 logfile = ${POOLER_DIR}/pgbouncer.log
