@@ -273,3 +273,64 @@ async fn a_trusted_certificate_for_another_name_is_refused() {
         error_chain(&refused)
     );
 }
+
+/// `openssl s_server` with the test server's certificate: a TLS endpoint that is not a
+/// broker, enough to see what the broker connection's handshake accepts.
+struct TlsEndpoint {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl TlsEndpoint {
+    fn start(certificates: &TlsPostgres) -> Self {
+        let port = free_port();
+        let child = Command::new("openssl")
+            .current_dir(&certificates.dir)
+            .args([
+                "s_server",
+                "-quiet",
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+            ])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = Self { child, port };
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        endpoint
+    }
+}
+
+impl Drop for TlsEndpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_broker_connection_refuses_a_certificate_no_web_root_vouches_for() {
+    let certificates = TlsPostgres::start();
+    let endpoint = TlsEndpoint::start(&certificates);
+    let broker = shared::messaging::Broker::new(shared::config::BrokerConfig {
+        url: format!("amqps://guest:guest@localhost:{}/%2f", endpoint.port),
+        exchange: "unused".into(),
+        queue_prefix: "unused.".into(),
+        retry_delays: Vec::new(),
+        queue_type: shared::config::QueueType::Classic,
+    });
+
+    let refused = broker.channel().await.unwrap_err();
+    assert!(
+        error_chain(&refused).contains("invalid peer certificate: UnknownIssuer"),
+        "{}",
+        error_chain(&refused)
+    );
+}
