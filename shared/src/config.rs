@@ -134,8 +134,8 @@ pub struct DatabaseConfig {
     /// `DATABASE_POOL_SIZE`, default 1: a Lambda execution environment serves one
     /// invocation at a time, and every extra connection costs the database memory.
     pub pool_size: usize,
-    /// `DATABASE_CA_FILE`: PEM certificates to trust besides the public web roots
-    /// (RDS certificates are signed by Amazon's own CAs).
+    /// `DATABASE_CA_FILE`: PEM certificates to trust besides the embedded roots (the web
+    /// roots and every region's RDS CAs, `db/tls.rs`), for a server signed by neither.
     pub ca_file: Option<PathBuf>,
     /// `DATABASE_TIMEOUT_MS`, default 3000: how long to wait to connect or for a pooled
     /// connection before answering 503 rather than hanging until Lambda's timeout.

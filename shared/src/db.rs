@@ -13,6 +13,8 @@ use crate::config::{AppRoleConfig, ConfigError, CredentialSource, Credentials, D
 use crate::store::is_refused_credentials;
 use crate::telemetry::error_chain;
 
+mod tls;
+
 mod embedded {
     refinery::embed_migrations!("../migrations");
 }
@@ -39,7 +41,7 @@ pub fn build_pool(config: &DatabaseConfig) -> Result<Pool, ConfigError> {
         }
         _ => Manager::from_connect(
             connect,
-            RotatingConnect::new(tls_connector(config)?, source),
+            RotatingConnect::new(tls::connector(config.ca_file.as_deref())?, source),
             manager_config,
         ),
     };
@@ -164,43 +166,6 @@ where
             Ok((client, task))
         })
     }
-}
-
-fn tls_connector(
-    config: &DatabaseConfig,
-) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConfigError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = &config.ca_file {
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| ConfigError::Malformed {
-            name: "DATABASE_CA_FILE",
-            reason: e.to_string(),
-        })?;
-        for cert in certs {
-            let cert = cert.map_err(|e| ConfigError::Malformed {
-                name: "DATABASE_CA_FILE",
-                reason: e.to_string(),
-            })?;
-            roots.add(cert).map_err(|e| ConfigError::Malformed {
-                name: "DATABASE_CA_FILE",
-                reason: e.to_string(),
-            })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::Malformed {
-            name: "DATABASE_URL",
-            reason: e.to_string(),
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
 }
 
 #[derive(Debug, thiserror::Error)]

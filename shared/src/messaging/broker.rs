@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use tokio::sync::Mutex;
 
 use crate::config::BrokerConfig;
@@ -126,7 +126,7 @@ impl Broker {
         }
         *guard = None;
         let connect = async {
-            let connection = Connection::connect(&self.config.url, ConnectionProperties::default())
+            let connection = super::connect::connect(&self.config.url)
                 .await
                 .map_err(BrokerError::Unreachable)?;
             let channel = connection

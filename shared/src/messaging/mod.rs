@@ -2,6 +2,7 @@
 //! outbox, and the processor that applies them.
 
 mod broker;
+mod connect;
 mod processor;
 mod publisher;
 mod redrive;
