@@ -108,7 +108,7 @@ pub async fn create_order(
 /// Each retry follows a stock change committed between a statement's snapshot and its
 /// row lock, or between a refusal and the read that explains it; that happening this often
 /// means the product is being changed in a loop.
-const PLACE_ATTEMPTS: usize = 5;
+const PLACE_ATTEMPTS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the products' stock kept changing while the order waited for them")]
@@ -234,18 +234,20 @@ impl<'a> Placement<'a> {
 ///
 /// A one-line order (the common case, and all of a flash sale's load) runs [`PLACE_ONE_LINE`]:
 /// it reserves the whole line from one bucket that has enough, taking the first such bucket
-/// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits while another
-/// bucket is free); only when every such bucket is held does it wait for one of them (random
-/// again, so waiters spread). When no single bucket has enough, or for several lines, the
-/// order runs [`PLACE_LINES`], which locks every bucket of its products in
+/// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits). When every
+/// such bucket is held or none has enough, or for several lines, the order runs
+/// [`PLACE_LINES`], which locks every bucket of its products in
 /// `(product_id, bucket)` order, judges each line on the product's total available, and takes
 /// a line from as many buckets as it needs, in bucket order.
 ///
-/// No deadlock: a statement waits for at most one row lock while holding another only in
-/// [`PLACE_LINES`], and there every row lock is taken in the one global order
+/// No deadlock: [`PLACE_ONE_LINE`] never waits for a bucket (`SKIP LOCKED`; a bucket it
+/// locked whose recheck failed stays locked, so it must not wait for another: an earlier
+/// version that waited for a random bucket when all were held deadlocked under 400
+/// concurrent orders). [`PLACE_LINES`] takes every bucket lock in the one global order
 /// `(product_id, bucket)`, the order every statement that locks several buckets uses
-/// (adjustments, rebucketing, the processor); [`PLACE_ONE_LINE`] waits for one bucket while
-/// holding none (`SKIP LOCKED` never waits). Customer holdings are locked only after all of a
+/// (adjustments, rebucketing, the processor). On a single-bucket product under contention
+/// the one-line statement finds its bucket held and the order waits in [`PLACE_LINES`]: one
+/// more round trip than when the row lock was waited for in place. Customer holdings are locked only after all of a
 /// statement's buckets, in product order, and the processor locks them last too.
 ///
 /// No oversell, no stale refusal: under read committed a bucket locked after waiting is read
@@ -283,20 +285,9 @@ const PLACE_ONE_LINE: &str = "WITH product AS (
            AND EXISTS (SELECT 1 FROM allowed)
          ORDER BY random() LIMIT 1
          FOR UPDATE SKIP LOCKED
-     ), waited AS (
-         SELECT b.bucket FROM stock_buckets b
-         WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
-           AND EXISTS (SELECT 1 FROM allowed)
-         ORDER BY random() LIMIT 1
-         FOR UPDATE
-     ), chosen AS (
-         SELECT bucket FROM skipped
-         UNION ALL
-         SELECT bucket FROM waited WHERE NOT EXISTS (SELECT 1 FROM skipped)
-         LIMIT 1
      ), reserve AS (
          UPDATE stock_buckets b SET reserved = b.reserved + $3::int
-         FROM chosen c
+         FROM skipped c
          WHERE b.product_id = $2::uuid AND b.bucket = c.bucket AND b.inventory - b.reserved >= $3::int
          RETURNING b.bucket
      ), hold AS (
