@@ -36,6 +36,7 @@ async fn invariants_hold_on_bucketed_products_rebucketed_during_the_workload() {
 }
 
 async fn random_workload(bucketed: bool) {
+    const BUCKETS: [u32; 5] = [1, 3, 8, 16, 64];
     let seed = std::env::var("WORKLOAD_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -57,7 +58,7 @@ async fn random_workload(bucketed: bool) {
                 .post(
                     "/products",
                     json!({"name": "Drop", "price": format!("{}.25", i + 1), "inventory": 30,
-                           "stockBuckets": [1, 3, 8, 16, 64][i], "maxPerCustomer": cap}),
+                           "stockBuckets": BUCKETS[i], "maxPerCustomer": cap}),
                 )
                 .await;
             assert_eq!(created.status, 201, "{}", created.body);
