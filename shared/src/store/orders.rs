@@ -262,8 +262,11 @@ impl<'a> Placement<'a> {
 ///
 /// `maxPerCustomer` is atomic with the reservation: the holding is raised in the same
 /// statement, under its row lock, with the guard `held + q <= limit`; a customer's concurrent
-/// orders queue on that one row. Reading the product `FOR KEY SHARE` (the lock the foreign
-/// keys of the new rows take anyway) gives the latest price and cap.
+/// orders queue on that one row. The product is read `FOR KEY SHARE` (the lock the foreign
+/// keys of the new rows take anyway), which conflicts with no update of its price or cap:
+/// an order takes the price and cap of its statement's snapshot, even when it then waits
+/// for a bucket while the product is repriced (before buckets, a waiting order took the
+/// new price, because it waited on the product row itself).
 ///
 /// Both statements read their arrays through sub-selects, so that no estimate depends on
 /// the values: a custom plan then never looks cheaper than the generic one and PostgreSQL
@@ -325,6 +328,10 @@ const PLACE_ONE_LINE: &str = "WITH product AS (
 /// `least(available, what the line still needs after the buckets before it)`.
 const PLACE_LINES: &str = "WITH lines AS (
          SELECT * FROM unnest((SELECT $2::uuid[]), (SELECT $3::int[])) AS l(product_id, quantity)
+     ), locked AS (
+         SELECT b.product_id, b.bucket, b.inventory - b.reserved AS available
+         FROM stock_buckets b WHERE b.product_id IN (SELECT product_id FROM lines)
+         ORDER BY b.product_id, b.bucket FOR UPDATE
      ), product AS (
          SELECT p.id, p.price, p.currency, p.max_per_customer,
                 $5::text IS NOT NULL AND p.max_per_customer IS NOT NULL AS capped,
@@ -332,10 +339,6 @@ const PLACE_LINES: &str = "WITH lines AS (
                           WHERE h.product_id = p.id AND h.customer_id = $5::text), 0) AS held
          FROM products p WHERE p.id IN (SELECT product_id FROM lines)
          ORDER BY p.id FOR KEY SHARE
-     ), locked AS (
-         SELECT b.product_id, b.bucket, b.inventory - b.reserved AS available
-         FROM stock_buckets b WHERE b.product_id IN (SELECT product_id FROM lines)
-         ORDER BY b.product_id, b.bucket FOR UPDATE
      ), verdict AS (
          SELECT coalesce(count(*) = cardinality($2::uuid[])
                          AND count(DISTINCT p.currency) = 1
