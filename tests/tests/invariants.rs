@@ -50,7 +50,7 @@ async fn random_workload(bucketed: bool) {
     println!("WORKLOAD_SEED={seed}");
     let h = Arc::new(Harness::new().await);
     let mut products = Vec::new();
-    for i in 0..5 {
+    for (i, buckets) in BUCKETS.into_iter().enumerate() {
         if bucketed {
             let cap = if i == 0 { json!(6) } else { json!(null) };
             let created = h
@@ -58,7 +58,7 @@ async fn random_workload(bucketed: bool) {
                 .post(
                     "/products",
                     json!({"name": "Drop", "price": format!("{}.25", i + 1), "inventory": 30,
-                           "stockBuckets": BUCKETS[i], "maxPerCustomer": cap}),
+                           "stockBuckets": buckets, "maxPerCustomer": cap}),
                 )
                 .await;
             assert_eq!(created.status, 201, "{}", created.body);
