@@ -160,21 +160,29 @@ async fn concurrent_conflicting_status_changes_have_one_winner() {
     }
 }
 
-/// An order that waits for a product's row lock is decided on the row as the holder left
-/// it: the new price, the stock that is left, or (several lines) stock that was added after
-/// the order's statement began, when its snapshot still showed the old figures.
+/// An order that waits for a product's stock bucket is decided on the bucket as the holder
+/// left it: the stock that is left, or stock that was added after the order's statement
+/// began, when its snapshot still showed the old figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_order_waiting_for_a_repriced_product_takes_the_new_price() {
+async fn an_order_waiting_for_stock_while_its_product_is_repriced_keeps_its_snapshot_price() {
     let db = TestDb::with_pool_size(4).await;
     let api = Arc::new(Api::new(db.pool.clone()));
     let product = api.product("5.00", 3).await;
-    let holder = Holder::change(&db, &product, "price = 7.00, inventory = inventory - 1", -1).await;
+    let holder = Holder::change(
+        &db,
+        &product,
+        "price = 7.00",
+        "inventory = inventory - 1",
+        -1,
+    )
+    .await;
     let order = holder
         .commit_while_ordering(&api, &[(&product, 2)], None)
         .await;
     assert_eq!(order.status, 201, "{}", order.body);
-    assert_eq!(order.body["items"][0]["unitPrice"], json!("7.00"));
-    assert_eq!(order.body["total"], json!("14.00"));
+    // The price is not stock: it is read as of the statement's start, not locked.
+    assert_eq!(order.body["items"][0]["unitPrice"], json!("5.00"));
+    assert_eq!(order.body["total"], json!("10.00"));
     assert_eq!(api.stock(&product).await, (2, 2));
     db.assert_always_invariants().await;
     db.assert_reserved_matches_open_orders().await;
@@ -185,7 +193,14 @@ async fn an_order_waiting_while_stock_is_taken_is_refused_with_what_is_left() {
     let db = TestDb::with_pool_size(4).await;
     let api = Arc::new(Api::new(db.pool.clone()));
     let product = api.product("5.00", 3).await;
-    let holder = Holder::change(&db, &product, "inventory = inventory - 2", -2).await;
+    let holder = Holder::change(
+        &db,
+        &product,
+        "updated_at = now()",
+        "inventory = inventory - 2",
+        -2,
+    )
+    .await;
     let order = holder
         .commit_while_ordering(&api, &[(&product, 2)], None)
         .await;
@@ -207,7 +222,14 @@ async fn a_several_line_order_waiting_while_stock_is_added_gets_it() {
         let api = Arc::new(Api::new(db.pool.clone()));
         let product = api.product("5.00", 1).await;
         let other = api.product("1.00", 10).await;
-        let holder = Holder::change(&db, &product, "inventory = inventory + 5", 5).await;
+        let holder = Holder::change(
+            &db,
+            &product,
+            "updated_at = now()",
+            "inventory = inventory + 5",
+            5,
+        )
+        .await;
         let order = holder
             .commit_while_ordering(&api, &[(&product, 3), (&other, 1)], key)
             .await;
@@ -218,27 +240,25 @@ async fn a_several_line_order_waiting_while_stock_is_added_gets_it() {
     }
 }
 
-/// A one-line order is judged on the stock committed when it began: a restock still in
-/// progress neither makes it wait nor counts.
+/// A one-line order finds its product's one bucket held by a restock in progress, so it is
+/// judged on the product's locked buckets: it waits for the restock and gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_one_line_order_does_not_wait_for_a_restock_in_progress() {
+async fn a_one_line_order_waiting_for_a_restock_in_progress_gets_it() {
     let db = TestDb::with_pool_size(4).await;
     let api = Arc::new(Api::new(db.pool.clone()));
     let product = api.product("5.00", 1).await;
-    let holder = Holder::change(&db, &product, "inventory = inventory + 5", 5).await;
-    let order = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        api.order(&[(&product, 3)]),
+    let holder = Holder::change(
+        &db,
+        &product,
+        "updated_at = now()",
+        "inventory = inventory + 5",
+        5,
     )
-    .await
-    .expect("answered while the restock holds the row");
-    assert_eq!(order.status, 409, "{}", order.body);
-    assert_eq!(
-        order.body["shortages"],
-        json!([{"productId": product, "requested": 3, "available": 1}])
-    );
-    holder.commit().await;
-    assert_eq!(api.order(&[(&product, 3)]).await.status, 201);
+    .await;
+    let order = holder
+        .commit_while_ordering(&api, &[(&product, 3)], None)
+        .await;
+    assert_eq!(order.status, 201, "{}", order.body);
     assert_eq!(api.stock(&product).await, (6, 3));
     db.assert_always_invariants().await;
 }
@@ -249,13 +269,21 @@ struct Holder {
 }
 
 impl Holder {
-    /// Changes `product` with `set` (and a ledger row of `inventory_delta`), uncommitted.
-    async fn change(db: &TestDb, product: &str, set: &str, inventory_delta: i64) -> Self {
+    /// Changes `product` with `set` and its one stock bucket with `stock` (and a ledger row
+    /// of `inventory_delta`), uncommitted.
+    async fn change(
+        db: &TestDb,
+        product: &str,
+        set: &str,
+        stock: &str,
+        inventory_delta: i64,
+    ) -> Self {
         let client = db.client().await;
         client
             .batch_execute(&format!(
                 "BEGIN;
                  UPDATE products SET {set} WHERE id = '{product}';
+                 UPDATE stock_buckets SET {stock} WHERE product_id = '{product}';
                  INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, actor)
                  VALUES ('{product}', {inventory_delta}, 0, 'adjustment', 'test');"
             ))

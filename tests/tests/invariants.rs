@@ -25,6 +25,18 @@ impl XorShift {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invariants_hold_after_a_random_concurrent_workload() {
+    random_workload(false).await;
+}
+
+/// The same workload on products whose stock is spread over buckets (one of them capped per
+/// customer), while staff change the bucket counts in the middle of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invariants_hold_on_bucketed_products_rebucketed_during_the_workload() {
+    random_workload(true).await;
+}
+
+async fn random_workload(bucketed: bool) {
+    const BUCKETS: [u32; 5] = [1, 3, 8, 16, 64];
     let seed = std::env::var("WORKLOAD_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -38,9 +50,24 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
     println!("WORKLOAD_SEED={seed}");
     let h = Arc::new(Harness::new().await);
     let mut products = Vec::new();
-    for i in 0..5 {
-        products.push(h.api.product(&format!("{}.25", i + 1), 30).await);
+    for (i, buckets) in BUCKETS.into_iter().enumerate() {
+        if bucketed {
+            let cap = if i == 0 { json!(6) } else { json!(null) };
+            let created = h
+                .api
+                .post(
+                    "/products",
+                    json!({"name": "Drop", "price": format!("{}.25", i + 1), "inventory": 30,
+                           "stockBuckets": buckets, "maxPerCustomer": cap}),
+                )
+                .await;
+            assert_eq!(created.status, 201, "{}", created.body);
+            products.push(created.body["id"].as_str().unwrap().to_owned());
+        } else {
+            products.push(h.api.product(&format!("{}.25", i + 1), 30).await);
+        }
     }
+    let rebucketed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let initial: i64 = 5 * 30;
 
     // The processor consumes as the event source mapping would, while clients act.
@@ -62,6 +89,7 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
         let h = h.clone();
         let products = products.clone();
         let placed = placed.clone();
+        let rebucketed = rebucketed.clone();
         tokio::spawn(async move {
             let mut rng =
                 XorShift(seed.wrapping_add(client.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1);
@@ -159,6 +187,20 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
                             response.body
                         );
                     }
+                    _ if bucketed && is_staff && rng.next(2) == 0 => {
+                        // Rebucketing while orders, shipments and releases go on.
+                        let product = &products[rng.next(5) as usize];
+                        let buckets = 1 + rng.next(12);
+                        let response = api
+                            .patch(
+                                &format!("/products/{product}"),
+                                json!({"stockBuckets": buckets}),
+                            )
+                            .await;
+                        assert_eq!(response.status, 200, "{}", response.body);
+                        assert_eq!(response.body["stockBuckets"], buckets);
+                        rebucketed.fetch_add(1, Ordering::Relaxed);
+                    }
                     _ => {
                         let product = &products[rng.next(5) as usize];
                         let delta = rng.next(11) as i64 - 5;
@@ -199,9 +241,33 @@ async fn invariants_hold_after_a_random_concurrent_workload() {
         .scalar("SELECT coalesce(sum(inventory_delta), 0)::bigint FROM inventory_ledger WHERE reason = 'adjustment'")
         .await;
     let inventory: i64 = db
-        .scalar("SELECT sum(inventory)::bigint FROM products")
+        .scalar("SELECT sum(inventory)::bigint FROM product_stock")
         .await;
     assert_eq!(inventory, initial + adjustments - shipped);
+    if bucketed {
+        assert!(
+            rebucketed.load(Ordering::Relaxed) > 0,
+            "the seed rebucketed nothing"
+        );
+        // A product has exactly as many buckets as it says.
+        assert_eq!(
+            db.scalar(
+                "SELECT count(*) FROM products p
+                 WHERE p.stock_buckets <> (SELECT count(*) FROM stock_buckets b WHERE b.product_id = p.id)"
+            )
+            .await,
+            0
+        );
+        // 8: the cap (never changed here) holds for every customer.
+        assert_eq!(
+            db.scalar(
+                "SELECT count(*) FROM customer_holdings h JOIN products p ON p.id = h.product_id
+                 WHERE h.held > p.max_per_customer"
+            )
+            .await,
+            0
+        );
+    }
     // 4: stock path agrees with status.
     assert_eq!(
         db.scalar("SELECT count(*) FROM orders WHERE (status IN ('shipped','delivered')) <> (stock = 'committed') OR (status IN ('cancelled','rejected')) <> (stock = 'released')").await,

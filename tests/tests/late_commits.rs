@@ -132,8 +132,8 @@ async fn a_product_and_a_stock_movement_committed_late_are_still_listed() {
     slow.batch_execute("BEGIN").await.unwrap();
     let late: String = slow
         .query_one(
-            "INSERT INTO products (id, name, price, currency, inventory)
-             VALUES (gen_random_uuid(), 'late', 1, 'USD', 0) RETURNING id::text",
+            "INSERT INTO products (id, name, price, currency)
+             VALUES (gen_random_uuid(), 'late', 1, 'USD') RETURNING id::text",
             &[],
         )
         .await

@@ -45,8 +45,8 @@ async fn the_application_role_reads_and_writes_rows_bounded_by_its_settings() {
     let client = db.pool.get().await.expect("application connection");
     client
         .batch_execute(
-            "INSERT INTO products (id, name, price, currency, inventory)
-             VALUES (gen_random_uuid(), 'p', 1.00, 'USD', 0);
+            "INSERT INTO products (id, name, price, currency)
+             VALUES (gen_random_uuid(), 'p', 1.00, 'USD');
              UPDATE products SET name = 'q';
              DELETE FROM products;",
         )

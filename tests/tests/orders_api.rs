@@ -480,8 +480,10 @@ async fn order_placement_reuses_one_generic_plan() {
     let client = db.client().await;
     client
         .batch_execute(
-            "INSERT INTO products (id, name, price, currency, inventory)
-             SELECT gen_random_uuid(), 'p' || k, 1.00, 'USD', 10 FROM generate_series(1, 1000) k;
+            "INSERT INTO products (id, name, price, currency)
+             SELECT gen_random_uuid(), 'p' || k, 1.00, 'USD' FROM generate_series(1, 1000) k;
+             INSERT INTO stock_buckets (product_id, bucket, inventory)
+             SELECT id, 0, 10 FROM products;
              INSERT INTO outbox (message_id, routing_key, payload, published_at)
              SELECT gen_random_uuid(), 'order.created', '{}', now() FROM generate_series(1, 20000);",
         )

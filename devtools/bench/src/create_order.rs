@@ -234,7 +234,7 @@ fn pgbench_script(products: Products) -> String {
     format!(
         "{pick}
 BEGIN;
-UPDATE products SET reserved = reserved + 1, updated_at = now() WHERE id = {id} AND inventory - reserved >= 1;
+UPDATE stock_buckets SET reserved = reserved + 1 WHERE product_id = {id} AND bucket = 0 AND inventory - reserved >= 1;
 INSERT INTO orders (id, status, currency) VALUES (gen_random_uuid(), 'pending', 'USD');
 INSERT INTO outbox (message_id, routing_key, payload) VALUES (gen_random_uuid(), 'order.created', '{payload}'::jsonb);
 END;
@@ -377,7 +377,7 @@ async fn raw_loop(url: &str, products: Products, clients: usize, duration: Durat
             tokio::spawn(async move {
                 let begin = client.prepare("BEGIN").await.expect("prepare");
                 let reserve = client
-                    .prepare("UPDATE products SET reserved = reserved + 1, updated_at = now() WHERE id = $1 AND inventory - reserved >= 1")
+                    .prepare("UPDATE stock_buckets SET reserved = reserved + 1 WHERE product_id = $1 AND bucket = 0 AND inventory - reserved >= 1")
                     .await
                     .expect("prepare");
                 let order = client

@@ -45,11 +45,13 @@ pub async fn products(pool: &Pool) {
     let client = pool.get().await.expect("seed connection");
     client
         .batch_execute(&format!(
-            "INSERT INTO products (id, name, price, currency, inventory, reserved)
-             SELECT {id}, 'bench product ' || k, 9.99, 'USD', {STOCK}, 0
+            "INSERT INTO products (id, name, price, currency)
+             SELECT {id}, 'bench product ' || k, 9.99, 'USD'
              FROM generate_series(0, {SPREAD_PRODUCTS}) k;
+             INSERT INTO stock_buckets (product_id, bucket, inventory, reserved)
+             SELECT id, 0, {STOCK}, 0 FROM products;
              INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, actor)
-             SELECT id, inventory, 0, 'initial', 'bench-staff' FROM products;
+             SELECT product_id, inventory, 0, 'initial', 'bench-staff' FROM stock_buckets;
              ANALYZE;",
             id = product_id_sql("k"),
         ))
@@ -79,9 +81,9 @@ pub async fn history(pool: &Pool, count: i64) {
              INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
                SELECT product_id, d.inventory, d.reserved, d.reason, id, at, 'bench-staff'
                FROM seeded, (VALUES (0, 1, 'reserve'), (-1, -1, 'commit')) d(inventory, reserved, reason);
-             UPDATE products p SET inventory = p.inventory - s.n
+             UPDATE stock_buckets b SET inventory = b.inventory - s.n
                FROM (SELECT product_id, count(*) AS n FROM seeded GROUP BY product_id) s
-               WHERE p.id = s.product_id;
+               WHERE b.product_id = s.product_id AND b.bucket = 0;
              INSERT INTO outbox (message_id, routing_key, payload, created_at, published_at)
                SELECT gen_random_uuid(), 'order.status_changed.' || s,
                       jsonb_build_object('orderId', id, 'status', s), at, at
@@ -114,9 +116,9 @@ pub async fn pending_orders(pool: &Pool, count: usize) -> Vec<Uuid> {
          SELECT o, 'pending', 'bench-staff' FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
         "INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, actor)
          SELECT p, 0, 1, 'reserve', o, 'bench-staff' FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p)",
-        "UPDATE products pr SET reserved = pr.reserved + s.n
+        "UPDATE stock_buckets b SET reserved = b.reserved + s.n
          FROM (SELECT p, count(*) AS n FROM unnest($1::uuid[], $2::uuid[]) AS t(o, p) GROUP BY p) s
-         WHERE pr.id = s.p",
+         WHERE b.product_id = s.p AND b.bucket = 0",
     ];
     for sql in statements {
         tx.execute(sql, &[&orders, &products])

@@ -17,7 +17,7 @@ pub use event::{EventType, OrderEvent};
 pub use ids::{OrderId, ProductId};
 pub use money::Money;
 pub use order::{Order, OrderLine, OrderLines, StatusChange, MAX_ORDER_LINES};
-pub use product::{Product, StockDelta};
+pub use product::{PerCustomerLimit, Product, StockBuckets, StockDelta};
 pub use quantity::Quantity;
 pub use status::{Actor, OrderStatus, StockEffect};
 pub use text::{AdjustmentReason, CustomerId, Description, IdempotencyKey, ProductName, Sku};

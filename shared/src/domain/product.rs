@@ -18,8 +18,73 @@ pub struct Product {
     /// Held by open orders.
     pub reserved: i64,
     pub available: i64,
+    pub stock_buckets: StockBuckets,
+    pub max_per_customer: Option<PerCustomerLimit>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How many independently locked parts a product's stock is spread over (API.md, "Flash
+/// sales"): 1–64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct StockBuckets(u8);
+
+impl StockBuckets {
+    pub const ONE: StockBuckets = StockBuckets(1);
+    pub const MAX: u8 = 64;
+    const RULE: &'static str = "must be an integer between 1 and 64";
+
+    /// Parses the literal of a JSON number.
+    pub fn parse_number(literal: &str) -> Result<Self, &'static str> {
+        let value: i64 = literal.parse().map_err(|_| Self::RULE)?;
+        Self::try_from(value)
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for StockBuckets {
+    type Error = &'static str;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        if (1..=i64::from(Self::MAX)).contains(&value) {
+            Ok(Self(value as u8))
+        } else {
+            Err(Self::RULE)
+        }
+    }
+}
+
+/// The most units of one product a customer may hold in orders that are not cancelled or
+/// rejected (`maxPerCustomer`): 1–10,000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PerCustomerLimit(u16);
+
+impl PerCustomerLimit {
+    pub const MAX: u16 = 10_000;
+    const RULE: &'static str = "must be null or an integer between 1 and 10000";
+
+    /// Parses the literal of a JSON number.
+    pub fn parse_number(literal: &str) -> Result<Self, &'static str> {
+        let value: i64 = literal.parse().map_err(|_| Self::RULE)?;
+        Self::try_from(value)
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for PerCustomerLimit {
+    type Error = &'static str;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        if (1..=i64::from(Self::MAX)).contains(&value) {
+            Ok(Self(value as u16))
+        } else {
+            Err(Self::RULE)
+        }
+    }
 }
 
 /// A non-zero change of stock on hand, as an inventory adjustment asks for.
@@ -48,6 +113,21 @@ impl StockDelta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_counts_and_limits_are_bounded() {
+        for bad in ["0", "65", "-1", "1.5", "99999999999999999999"] {
+            assert!(StockBuckets::parse_number(bad).is_err(), "{bad}");
+        }
+        assert_eq!(StockBuckets::parse_number("64").unwrap().get(), 64);
+        for bad in ["0", "10001", "-3", "2e3"] {
+            assert!(PerCustomerLimit::parse_number(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            PerCustomerLimit::parse_number("10000").unwrap().get(),
+            10_000
+        );
+    }
 
     #[test]
     fn deltas_are_bounded_at_both_ends_of_i64() {

@@ -5,7 +5,7 @@ use lambda_http::{Body, Response};
 use serde_json::{json, Map, Value};
 
 use crate::domain::{FieldError, OrderStatus, ProductId};
-use crate::store::{Shortage, StoreError};
+use crate::store::{LimitExceeded, Shortage, StoreError};
 use crate::telemetry::error_chain;
 
 /// Everything a request can end in besides success. Each variant is exactly one problem
@@ -22,6 +22,8 @@ pub enum ApiError {
     NotFound,
     #[error("insufficient stock")]
     InsufficientStock(Vec<Shortage>),
+    #[error("the customer's limit for a product would be exceeded")]
+    LimitExceeded(LimitExceeded),
     #[error("invalid transition from {from} to {to}")]
     InvalidTransition {
         from: OrderStatus,
@@ -67,6 +69,7 @@ impl From<StoreError> for ApiError {
                 "all products of an order must be priced in one currency",
             ),
             StoreError::InsufficientStock(shortages) => ApiError::InsufficientStock(shortages),
+            StoreError::LimitExceeded(limit) => ApiError::LimitExceeded(limit),
             StoreError::DuplicateSku => ApiError::DuplicateSku,
             StoreError::InvalidTransition { from, to, allowed } => {
                 ApiError::InvalidTransition { from, to, allowed }
@@ -133,6 +136,20 @@ impl ApiError {
                     "insufficient-stock",
                     "Insufficient stock",
                     "not enough stock is available".into(),
+                )
+            }
+            ApiError::LimitExceeded(limit) => {
+                extra.insert("productId".into(), json!(limit.product_id));
+                extra.insert("limit".into(), json!(limit.limit));
+                extra.insert("held".into(), json!(limit.held));
+                (
+                    409,
+                    "limit-exceeded",
+                    "Limit exceeded",
+                    format!(
+                        "at most {} units of this product per customer, {} already held",
+                        limit.limit, limit.held
+                    ),
                 )
             }
             ApiError::InvalidTransition { from, to, allowed } => {

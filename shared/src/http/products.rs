@@ -2,8 +2,8 @@ use lambda_http::{Body, Request, Response};
 
 use super::{json_body, json_response, page_request, with_location, ApiError, ApiState, Json};
 use crate::domain::{
-    AdjustmentReason, Currency, Description, FieldError, Money, ProductId, ProductName, Sku, Staff,
-    StockDelta,
+    AdjustmentReason, Currency, Description, FieldError, Money, PerCustomerLimit, ProductId,
+    ProductName, Sku, Staff, StockBuckets, StockDelta,
 };
 use crate::store::{self, Listing, NewProduct, ProductPatch};
 
@@ -60,6 +60,23 @@ pub(super) async fn create(
         Some(raw) => keep(&mut errors, "currency", Currency::parse(&raw)),
         None => Some(Currency::USD),
     };
+    let stock_buckets = match body.number("stockBuckets")? {
+        Some(literal) => keep(
+            &mut errors,
+            "stockBuckets",
+            StockBuckets::parse_number(literal),
+        ),
+        None => Some(StockBuckets::ONE),
+    };
+    let max_per_customer = match body.number("maxPerCustomer")? {
+        Some(literal) => keep(
+            &mut errors,
+            "maxPerCustomer",
+            PerCustomerLimit::parse_number(literal),
+        )
+        .map(Some),
+        None => Some(None),
+    };
     body.finish(&mut errors);
 
     let (
@@ -69,6 +86,8 @@ pub(super) async fn create(
         Some(description),
         Some(sku),
         Some(currency),
+        Some(stock_buckets),
+        Some(max_per_customer),
         true,
     ) = (
         name,
@@ -77,6 +96,8 @@ pub(super) async fn create(
         description,
         sku,
         currency,
+        stock_buckets,
+        max_per_customer,
         errors.is_empty(),
     )
     else {
@@ -91,6 +112,8 @@ pub(super) async fn create(
             price,
             currency,
             inventory,
+            stock_buckets,
+            max_per_customer,
         },
         staff,
     )
@@ -152,15 +175,42 @@ pub(super) async fn update(
             return Err(body.wrong_type("price", "a number or a decimal string"))
         }
     }
+    match body.take("stockBuckets") {
+        None => {}
+        Some(Json::Null) => errors.push(FieldError::new("stockBuckets", "cannot be null")),
+        Some(Json::Number(literal)) => {
+            patch.stock_buckets = keep(
+                &mut errors,
+                "stockBuckets",
+                StockBuckets::parse_number(literal),
+            );
+        }
+        Some(_) => return Err(body.wrong_type("stockBuckets", "a number")),
+    }
+    match body.take("maxPerCustomer") {
+        None => {}
+        Some(Json::Null) => patch.max_per_customer = Some(None),
+        Some(Json::Number(literal)) => {
+            patch.max_per_customer = keep(
+                &mut errors,
+                "maxPerCustomer",
+                PerCustomerLimit::parse_number(literal),
+            )
+            .map(Some);
+        }
+        Some(_) => return Err(body.wrong_type("maxPerCustomer", "a number or null")),
+    }
     body.finish(&mut errors);
     if errors.is_empty()
         && patch.name.is_none()
         && patch.description.is_none()
         && patch.price.is_none()
+        && patch.stock_buckets.is_none()
+        && patch.max_per_customer.is_none()
     {
         errors.push(FieldError::new(
             "body",
-            "must change at least one of name, description, price",
+            "must change at least one of name, description, price, stockBuckets, maxPerCustomer",
         ));
     }
     if !errors.is_empty() {

@@ -43,6 +43,15 @@ pub struct Shortage {
     pub available: i64,
 }
 
+/// An order line beyond its product's `maxPerCustomer`: `held` units of it are in the
+/// customer's orders that are not cancelled or rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitExceeded {
+    pub product_id: ProductId,
+    pub limit: i32,
+    pub held: i32,
+}
+
 /// Everything a store function can answer besides success.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,6 +65,8 @@ pub enum StoreError {
     MixedCurrencies,
     #[error("insufficient stock")]
     InsufficientStock(Vec<Shortage>),
+    #[error("the customer's limit for a product would be exceeded")]
+    LimitExceeded(LimitExceeded),
     #[error("a product with this sku exists")]
     DuplicateSku,
     #[error("an order cannot go from {from} to {to}")]

@@ -11,7 +11,8 @@ use uuid::Uuid;
 use super::outbox::mark_sent;
 use super::sql::{execute, param, params, query, query_opt, ClientLike, Param, SqlType};
 use super::{
-    corrupt, Listing, Page, PageRequest, Position, SentMessages, Shortage, StoreError, Written,
+    corrupt, LimitExceeded, Listing, Page, PageRequest, Position, SentMessages, Shortage,
+    StoreError, Written,
 };
 use crate::domain::{
     Actor, Caller, Currency, CustomerId, IdempotencyKey, Money, Order, OrderEvent, OrderId,
@@ -63,8 +64,9 @@ pub enum CreateOrderOutcome {
 /// order's first history entry and on its reservations, and owns the idempotency key.
 ///
 /// Without an idempotency key the whole order is one statement in its own implicit
-/// transaction ([`PLACE_ONE_LINE_ORDER`] or, for several lines, [`PLACE_ORDER`]): one round
-/// trip, and a hot product's row lock is held only for that statement and its commit. With
+/// transaction ([`PLACE_ONE_LINE`], and [`PLACE_LINES`] for several lines or when no single
+/// bucket has enough): one round trip mostly, and a bucket's row lock is held only for that
+/// statement and its commit. With
 /// a key, the key is claimed first and the response stored after the statement, in one
 /// transaction.
 pub async fn create_order(
@@ -106,7 +108,7 @@ pub async fn create_order(
 /// Each retry follows a stock change committed between a statement's snapshot and its
 /// row lock, or between a refusal and the read that explains it; that happening this often
 /// means the product is being changed in a loop.
-const PLACE_ATTEMPTS: usize = 5;
+const PLACE_ATTEMPTS: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the products' stock kept changing while the order waited for them")]
@@ -227,111 +229,191 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// The statement that decides and writes an order of several lines, returning the product
-/// rows it locked (as they were before its reservation) and whether it placed the order.
+/// How an order takes stock from bucketed products (migration V12), and why it cannot
+/// deadlock or oversell.
 ///
-/// `locked` takes the product rows in id order, so crossing orders wait instead of
-/// deadlocking; under read committed a row locked after waiting is returned in its latest
-/// committed version, so `verdict` judges stock, prices and currency on what is there now,
-/// and every write is conditional on it: the order is placed whole or not at all, and the
-/// row locks are never held across a round trip. Foreign keys are checked at the
-/// statement's end, when the order row exists.
+/// A one-line order (the common case, and all of a flash sale's load) runs [`PLACE_ONE_LINE`]:
+/// it reserves the whole line from one bucket that has enough, taking the first such bucket
+/// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits). When every
+/// such bucket is held or none has enough, or for several lines, the order runs
+/// [`PLACE_LINES`], which locks every bucket of its products in
+/// `(product_id, bucket)` order, judges each line on the product's total available, and takes
+/// a line from as many buckets as it needs, in bucket order.
 ///
-/// `reserve` repeats the stock condition because PostgreSQL checks the `products` CHECKs on
-/// the row version the statement's snapshot shows before it moves to the latest one: a
-/// snapshot older than a stock increase would make a reservable line look like an
-/// oversell. The condition skips such a line instead, and the final select then raises
-/// (`stock_moved_under_lock`, SQLSTATE `OM001`), undoing the statement, to be run again.
-/// The CHECKs stay the backstop against overselling.
-const PLACE_ORDER: &str = "WITH lines AS (
-         SELECT * FROM unnest((SELECT $2::uuid[]), (SELECT $3::int[])) AS l(product_id, quantity)
-     ), locked AS (
-         SELECT id, price, currency, inventory - reserved AS available
-         FROM products WHERE id IN (SELECT product_id FROM lines) ORDER BY id FOR UPDATE
-     ), verdict AS (
-         SELECT coalesce(count(*) = cardinality($2::uuid[])
-                         AND count(DISTINCT k.currency) = 1
-                         AND bool_and(k.available >= l.quantity), false) AS placed,
-                min(k.currency) AS currency
-         FROM lines l JOIN locked k ON k.id = l.product_id
+/// No deadlock: [`PLACE_ONE_LINE`] never waits for a bucket (`SKIP LOCKED`; a bucket it
+/// locked whose recheck failed stays locked, so it must not wait for another: an earlier
+/// version that waited for a random bucket when all were held deadlocked under 400
+/// concurrent orders). [`PLACE_LINES`] takes every bucket lock in the one global order
+/// `(product_id, bucket)`, the order every statement that locks several buckets uses
+/// (adjustments, rebucketing, the processor). On a single-bucket product under contention
+/// the one-line statement finds its bucket held and the order waits in [`PLACE_LINES`]: one
+/// more round trip than when the row lock was waited for in place. Customer holdings are locked only after all of a
+/// statement's buckets, in product order, and the processor locks them last too.
+///
+/// No oversell, no stale refusal: under read committed a bucket locked after waiting is read
+/// in its latest committed version, so each line is judged on what is there now, and the
+/// CHECKs on every bucket stay the backstop. A statement's older snapshot can still hide
+/// stock added since it began (the `UPDATE`'s condition is first checked on the snapshot's
+/// version) or a holding raised since (the upsert's guard): the statement then raises
+/// `OM001` (`stock_moved_under_lock`, migration V2), undoing itself, and runs again. A
+/// refusal is explained by a fresh read of the totals ([`STOCK_SQL`]); when that read shows
+/// the order placeable (a rebucketing inserted buckets the statement could not see), it runs
+/// again instead of refusing.
+///
+/// `maxPerCustomer` is atomic with the reservation: the holding is raised in the same
+/// statement, under its row lock, with the guard `held + q <= limit`; a customer's concurrent
+/// orders queue on that one row. The product is read `FOR KEY SHARE` (the lock the foreign
+/// keys of the new rows take anyway), which conflicts with no update of its price or cap:
+/// an order takes the price and cap of its statement's snapshot, even when it then waits
+/// for a bucket while the product is repriced (before buckets, a waiting order took the
+/// new price, because it waited on the product row itself).
+///
+/// Both statements read their arrays through sub-selects, so that no estimate depends on
+/// the values: a custom plan then never looks cheaper than the generic one and PostgreSQL
+/// stops planning the many-CTE statement after five calls. With `= ANY($9)` an empty list of
+/// events to mark made every custom plan look cheaper, and each call spent more CPU planning
+/// than running (17 % of a backend's time in `perf`).
+const PLACE_ONE_LINE: &str = "WITH product AS (
+         SELECT p.price, p.currency, p.max_per_customer,
+                $5::text IS NOT NULL AND p.max_per_customer IS NOT NULL AS capped,
+                coalesce((SELECT h.held FROM customer_holdings h
+                          WHERE h.product_id = p.id AND h.customer_id = $5::text), 0) AS held
+         FROM products p WHERE p.id = $2::uuid
+         FOR KEY SHARE
+     ), allowed AS (
+         SELECT 1 FROM product WHERE NOT capped OR held + $3::int <= max_per_customer
+     ), skipped AS (
+         SELECT b.bucket FROM stock_buckets b
+         WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
+           AND EXISTS (SELECT 1 FROM allowed)
+         ORDER BY random() LIMIT 1
+         FOR UPDATE SKIP LOCKED
      ), reserve AS (
-         UPDATE products p SET reserved = p.reserved + l.quantity, updated_at = now()
-         FROM lines l
-         WHERE p.id = l.product_id AND (SELECT placed FROM verdict)
-           AND p.inventory - p.reserved >= l.quantity
-         RETURNING p.id
+         UPDATE stock_buckets b SET reserved = b.reserved + $3::int
+         FROM skipped c
+         WHERE b.product_id = $2::uuid AND b.bucket = c.bucket AND b.inventory - b.reserved >= $3::int
+         RETURNING b.bucket
+     ), hold AS (
+         INSERT INTO customer_holdings AS h (product_id, customer_id, held)
+         SELECT $2::uuid, $5::text, $3::int FROM reserve, product WHERE product.capped
+         ON CONFLICT (product_id, customer_id) DO UPDATE SET held = h.held + excluded.held
+             WHERE h.held + excluded.held <= (SELECT max_per_customer FROM product)
+         RETURNING true
      ), new_order AS (
          INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
-         SELECT $1, 'pending', currency, $5, now(), now() FROM verdict WHERE placed
+         SELECT $1::uuid, 'pending', currency, $5::text, now(), now() FROM reserve, product
      ), items AS (
-         INSERT INTO order_items (order_id, product_id, quantity, unit_price)
-         SELECT $1, l.product_id, l.quantity, k.price
-         FROM lines l JOIN locked k ON k.id = l.product_id
-         WHERE (SELECT placed FROM verdict)
+         INSERT INTO order_items (order_id, product_id, quantity, unit_price, held)
+         SELECT $1::uuid, $2::uuid, $3::int, price, capped FROM reserve, product
      ), ledger AS (
          INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
-         SELECT product_id, 0, quantity, 'reserve', $1, now(), $10 FROM lines
-         WHERE (SELECT placed FROM verdict)
+         SELECT $2::uuid, 0, $3::int, 'reserve', $1::uuid, now(), $10::text FROM reserve
      ), history AS (
          INSERT INTO order_status_history (order_id, status, at, changed_by)
-         SELECT $1, 'pending', now(), $10 WHERE (SELECT placed FROM verdict)
+         SELECT $1::uuid, 'pending', now(), $10::text FROM reserve
      ), outbox AS (
          INSERT INTO outbox (message_id, routing_key, payload, created_at)
-         SELECT $6, $7, $8, $4 WHERE (SELECT placed FROM verdict)
+         SELECT $6::uuid, $7::text, $8::jsonb, $4::timestamptz FROM reserve
      ), marked AS (
          UPDATE outbox SET published_at = coalesce(published_at, now())
          WHERE message_id IN (SELECT unnest((SELECT $9::uuid[])))
      )
-     SELECT k.id, k.price, k.currency, k.available, v.placed, now() AS at,
-            CASE WHEN v.placed AND (SELECT count(*) FROM reserve) <> cardinality($2::uuid[])
+     SELECT $2::uuid AS id, price, currency, now() AS at,
+            CASE WHEN capped AND NOT EXISTS (SELECT 1 FROM hold) THEN stock_moved_under_lock() END AS moved
+     FROM reserve, product";
+
+/// An order judged on the total of every bucket of its products, locked in
+/// `(product_id, bucket)` order (see [`PLACE_ONE_LINE`]); returns the products' price and
+/// currency and whether it placed the order. `takes` gives each bucket
+/// `least(available, what the line still needs after the buckets before it)`.
+const PLACE_LINES: &str = "WITH lines AS (
+         SELECT * FROM unnest((SELECT $2::uuid[]), (SELECT $3::int[])) AS l(product_id, quantity)
+     ), locked AS (
+         SELECT b.product_id, b.bucket, b.inventory - b.reserved AS available
+         FROM stock_buckets b WHERE b.product_id IN (SELECT product_id FROM lines)
+         ORDER BY b.product_id, b.bucket FOR UPDATE
+     ), product AS (
+         SELECT p.id, p.price, p.currency, p.max_per_customer,
+                $5::text IS NOT NULL AND p.max_per_customer IS NOT NULL AS capped,
+                coalesce((SELECT h.held FROM customer_holdings h
+                          WHERE h.product_id = p.id AND h.customer_id = $5::text), 0) AS held
+         FROM products p WHERE p.id IN (SELECT product_id FROM lines)
+         ORDER BY p.id FOR KEY SHARE
+     ), verdict AS (
+         SELECT coalesce(count(*) = cardinality($2::uuid[])
+                         AND count(DISTINCT p.currency) = 1
+                         AND bool_and(s.available >= l.quantity)
+                         AND bool_and(NOT p.capped OR p.held + l.quantity <= p.max_per_customer), false) AS placed,
+                min(p.currency) AS currency
+         FROM lines l JOIN product p ON p.id = l.product_id
+         JOIN (SELECT product_id, sum(available) AS available FROM locked GROUP BY product_id) s
+           ON s.product_id = l.product_id
+     ), takes AS (
+         SELECT k.product_id, k.bucket,
+                least(k.available, l.quantity - (sum(k.available) OVER w - k.available)) AS take
+         FROM locked k JOIN lines l ON l.product_id = k.product_id
+         WHERE (SELECT placed FROM verdict)
+         WINDOW w AS (PARTITION BY k.product_id ORDER BY k.bucket)
+     ), reserve AS (
+         UPDATE stock_buckets b SET reserved = b.reserved + t.take
+         FROM takes t
+         WHERE t.take > 0 AND b.product_id = t.product_id AND b.bucket = t.bucket
+           AND b.inventory - b.reserved >= t.take
+         RETURNING 1
+     ), hold AS (
+         INSERT INTO customer_holdings AS h (product_id, customer_id, held)
+         SELECT l.product_id, $5::text, l.quantity FROM lines l JOIN product p ON p.id = l.product_id
+         WHERE p.capped AND (SELECT placed FROM verdict)
+         ORDER BY l.product_id
+         ON CONFLICT (product_id, customer_id) DO UPDATE SET held = h.held + excluded.held
+             WHERE h.held + excluded.held <= (SELECT p.max_per_customer FROM product p WHERE p.id = excluded.product_id)
+         RETURNING 1
+     ), new_order AS (
+         INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
+         SELECT $1::uuid, 'pending', currency, $5::text, now(), now() FROM verdict WHERE placed
+     ), items AS (
+         INSERT INTO order_items (order_id, product_id, quantity, unit_price, held)
+         SELECT $1::uuid, l.product_id, l.quantity, p.price, p.capped
+         FROM lines l JOIN product p ON p.id = l.product_id
+         WHERE (SELECT placed FROM verdict)
+     ), ledger AS (
+         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
+         SELECT product_id, 0, quantity, 'reserve', $1::uuid, now(), $10::text FROM lines
+         WHERE (SELECT placed FROM verdict)
+     ), history AS (
+         INSERT INTO order_status_history (order_id, status, at, changed_by)
+         SELECT $1::uuid, 'pending', now(), $10::text WHERE (SELECT placed FROM verdict)
+     ), outbox AS (
+         INSERT INTO outbox (message_id, routing_key, payload, created_at)
+         SELECT $6::uuid, $7::text, $8::jsonb, $4::timestamptz WHERE (SELECT placed FROM verdict)
+     ), marked AS (
+         UPDATE outbox SET published_at = coalesce(published_at, now())
+         WHERE message_id IN (SELECT unnest((SELECT $9::uuid[])))
+     )
+     SELECT p.id, p.price, p.currency, v.placed, now() AS at,
+            CASE WHEN v.placed
+                      AND ((SELECT count(*) FROM reserve) <> (SELECT count(*) FROM takes WHERE take > 0)
+                           OR (SELECT count(*) FROM hold) <> (SELECT count(*) FROM product WHERE capped))
                  THEN stock_moved_under_lock() END AS stock_moved
-     FROM locked k CROSS JOIN verdict v";
+     FROM product p CROSS JOIN verdict v";
 
 /// The SQLSTATE of `stock_moved_under_lock()` (migration V2).
 const STOCK_MOVED_UNDER_LOCK: &str = "OM001";
 
-/// A one-line order, the common case and all of a hot product's load: the reservation's
-/// `UPDATE` takes the row lock itself and every write follows from the row it returns, so
-/// the product row is visited once and locked for the statement and its commit only. The
-/// stock condition is judged on the latest row version (read committed re-checks an
-/// `UPDATE`'s condition on a row changed since the snapshot); a row the snapshot already
-/// shows short is refused without waiting, as of the stock committed when it began.
-///
-/// Both placement statements read their arrays through sub-selects, so that no estimate
-/// depends on the values: a custom plan then never looks cheaper than the generic one and
-/// PostgreSQL stops planning the many-CTE statement after five calls. With `= ANY($9)` an
-/// empty list of events to mark made every custom plan look cheaper, and each call spent
-/// more CPU planning than running (17 % of a backend's time in `perf`).
-const PLACE_ONE_LINE_ORDER: &str = "WITH reserve AS (
-         UPDATE products SET reserved = reserved + $3::int, updated_at = now()
-         WHERE id = $2 AND inventory - reserved >= $3::int
-         RETURNING price, currency
-     ), new_order AS (
-         INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
-         SELECT $1, 'pending', currency, $5, now(), now() FROM reserve
-     ), items AS (
-         INSERT INTO order_items (order_id, product_id, quantity, unit_price)
-         SELECT $1, $2, $3::int, price FROM reserve
-     ), ledger AS (
-         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
-         SELECT $2, 0, $3::int, 'reserve', $1, now(), $10 FROM reserve
-     ), history AS (
-         INSERT INTO order_status_history (order_id, status, at, changed_by)
-         SELECT $1, 'pending', now(), $10 FROM reserve
-     ), outbox AS (
-         INSERT INTO outbox (message_id, routing_key, payload, created_at)
-         SELECT $6, $7, $8, $4 FROM reserve
-     ), marked AS (
-         UPDATE outbox SET published_at = coalesce(published_at, now())
-         WHERE message_id IN (SELECT unnest((SELECT $9::uuid[])))
-     )
-     SELECT $2 AS id, price, currency, now() AS at FROM reserve";
+/// What a refusal is explained by, read on a fresh snapshot: each product's total
+/// available, cap and the customer's holding.
+const STOCK_SQL: &str = "SELECT p.id, p.currency, p.max_per_customer,
+        coalesce((SELECT h.held FROM customer_holdings h
+                  WHERE h.product_id = p.id AND h.customer_id = $2), 0) AS held,
+        (SELECT coalesce(sum(b.inventory - b.reserved), 0)::bigint
+         FROM stock_buckets b WHERE b.product_id = p.id) AS available
+    FROM products p WHERE p.id = ANY($1)";
 
 /// What a placement statement decided, with the product rows it was decided on.
 enum Decision {
     /// Placed at the statement's transaction time.
     Placed(HashMap<Uuid, ProductRow>, DateTime<Utc>),
-    Refused(HashMap<Uuid, ProductRow>),
+    Refused,
     /// Undone: run it again on a fresh snapshot.
     Again,
 }
@@ -346,13 +428,18 @@ async fn place_order(
     let new = placement.new;
     let decision = match new.lines.single() {
         Some((product, quantity)) => {
-            place_one_line(client, placement, sent, product, quantity).await?
+            match place_one_line(client, placement, sent, product, quantity).await? {
+                // No single bucket had enough: judge the line on the product's total.
+                Decision::Refused => place_lines(client, placement, sent).await?,
+                decided => decided,
+            }
         }
         None => place_lines(client, placement, sent).await?,
     };
     let (stock, at) = match decision {
         Decision::Placed(stock, at) => (stock, at),
-        Decision::Refused(stock) => {
+        Decision::Refused => {
+            let stock = read_stock(client, new).await?;
             return match refusal(new, &stock) {
                 Some(refused) => Err(refused),
                 // Placeable now: what refused it changed since.
@@ -394,6 +481,14 @@ async fn place_order(
     )))
 }
 
+/// Whether a placement statement undid itself because stock or a holding moved between its
+/// snapshot and its locks.
+fn moved_under_lock(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(e)
+        if e.code().is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK))
+}
+
+/// Runs [`PLACE_ONE_LINE`]; `Refused` means only that no single bucket could take the line.
 async fn place_one_line(
     client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
@@ -403,33 +498,27 @@ async fn place_one_line(
 ) -> Result<Decision, StoreError> {
     let rows = run_placement(
         client,
-        PLACE_ONE_LINE_ORDER,
+        PLACE_ONE_LINE,
         placement,
         sent,
         param(&product.as_uuid()),
         param(&i32::from(quantity.get())),
     )
-    .await?;
+    .await;
+    let rows = match rows {
+        Err(e) if moved_under_lock(&e) => return Ok(Decision::Again),
+        rows => rows?,
+    };
     match rows.first() {
         Some(row) => Ok(Decision::Placed(
-            HashMap::from([(product.as_uuid(), ProductRow::from_row(row, None)?)]),
+            HashMap::from([(product.as_uuid(), ProductRow::from_row(row)?)]),
             row.try_get("at")?,
         )),
-        None => {
-            // Nothing was written; read why, to answer with it.
-            let rows = query(
-                client,
-                "SELECT id, price, currency, inventory - reserved AS available
-                 FROM products WHERE id = $1",
-                params![product.as_uuid()],
-            )
-            .await?;
-            Ok(Decision::Refused(products_by_id(&rows)?))
-        }
+        None => Ok(Decision::Refused),
     }
 }
 
-/// Runs [`PLACE_ORDER`] for an order of several lines.
+/// Runs [`PLACE_LINES`] for the order's lines.
 async fn place_lines(
     client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
@@ -444,7 +533,7 @@ async fn place_lines(
         .collect();
     let rows = run_placement(
         client,
-        PLACE_ORDER,
+        PLACE_LINES,
         placement,
         sent,
         param(&product_ids),
@@ -452,23 +541,21 @@ async fn place_lines(
     )
     .await;
     let rows = match rows {
-        Err(StoreError::Database(e))
-            if e.code()
-                .is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK) =>
-        {
-            return Ok(Decision::Again)
-        }
+        Err(e) if moved_under_lock(&e) => return Ok(Decision::Again),
         rows => rows?,
     };
     let placed = match rows.first() {
         Some(row) if row.try_get::<_, bool>("placed")? => Some(row.try_get("at")?),
         _ => None,
     };
-    let stock = products_by_id(&rows)?;
-    Ok(match placed {
-        Some(at) => Decision::Placed(stock, at),
-        None => Decision::Refused(stock),
-    })
+    let Some(at) = placed else {
+        return Ok(Decision::Refused);
+    };
+    let stock = rows
+        .iter()
+        .map(|row| Ok((row.try_get("id")?, ProductRow::from_row(row)?)))
+        .collect::<Result<HashMap<Uuid, ProductRow>, StoreError>>()?;
+    Ok(Decision::Placed(stock, at))
 }
 
 /// Runs a placement statement: both take the same parameters, the lines as `$2` (product)
@@ -504,36 +591,50 @@ async fn run_placement(
 struct ProductRow {
     price: Decimal,
     currency: String,
-    /// Stock available before the order; only known for the products of a refused or
-    /// several-line order.
-    available: Option<i64>,
 }
 
 impl ProductRow {
-    fn from_row(row: &Row, available: Option<i64>) -> Result<Self, StoreError> {
+    fn from_row(row: &Row) -> Result<Self, StoreError> {
         Ok(Self {
             price: row.try_get("price")?,
             currency: row.try_get("currency")?,
-            available,
         })
     }
 }
 
-fn products_by_id(rows: &[Row]) -> Result<HashMap<Uuid, ProductRow>, StoreError> {
+/// A product's stock and cap as [`STOCK_SQL`] read them.
+struct ProductStock {
+    currency: String,
+    available: i64,
+    limit: Option<i32>,
+    held: i32,
+}
+
+async fn read_stock(
+    client: &(impl ClientLike + ?Sized),
+    new: &NewOrder,
+) -> Result<HashMap<Uuid, ProductStock>, StoreError> {
+    let ids: Vec<Uuid> = new.lines.iter().map(|(id, _)| id.as_uuid()).collect();
+    let customer = new.customer_id.as_ref().map(CustomerId::as_str);
+    let rows = query(client, STOCK_SQL, params![ids, customer]).await?;
     rows.iter()
         .map(|row| {
-            let available = row.try_get("available")?;
             Ok((
                 row.try_get("id")?,
-                ProductRow::from_row(row, Some(available))?,
+                ProductStock {
+                    currency: row.try_get("currency")?,
+                    available: row.try_get("available")?,
+                    limit: row.try_get("max_per_customer")?,
+                    held: row.try_get("held")?,
+                },
             ))
         })
         .collect()
 }
 
-/// Why an order was refused, judged on the product rows read or locked; `None` when
-/// nothing in them refuses it.
-fn refusal(new: &NewOrder, stock: &HashMap<Uuid, ProductRow>) -> Option<StoreError> {
+/// Why an order was refused, judged on a fresh read of its products; `None` when nothing
+/// in it refuses the order.
+fn refusal(new: &NewOrder, stock: &HashMap<Uuid, ProductStock>) -> Option<StoreError> {
     let unknown: Vec<ProductId> = new
         .lines
         .iter()
@@ -548,11 +649,26 @@ fn refusal(new: &NewOrder, stock: &HashMap<Uuid, ProductRow>) -> Option<StoreErr
     if currencies.any(|c| Some(c) != first) {
         return Some(StoreError::MixedCurrencies);
     }
+    // Staff orders without a customer are not capped.
+    if new.customer_id.is_some() {
+        let beyond = new.lines.iter().find_map(|(id, quantity)| {
+            let product = &stock[&id.as_uuid()];
+            let limit = product.limit?;
+            (product.held + i32::from(quantity.get()) > limit).then_some(LimitExceeded {
+                product_id: id,
+                limit,
+                held: product.held,
+            })
+        });
+        if let Some(beyond) = beyond {
+            return Some(StoreError::LimitExceeded(beyond));
+        }
+    }
     let shortages: Vec<Shortage> = new
         .lines
         .iter()
         .filter_map(|(id, quantity)| {
-            let available = stock[&id.as_uuid()].available.unwrap_or(0);
+            let available = stock[&id.as_uuid()].available;
             (available < i64::from(quantity.get())).then_some(Shortage {
                 product_id: id,
                 requested: i64::from(quantity.get()),

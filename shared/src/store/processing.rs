@@ -74,8 +74,17 @@ impl Stock {
 struct LockedOrder {
     status: OrderStatus,
     stock: Stock,
-    /// (product, quantity, whether its reservation is in the ledger)
-    lines: Vec<(Uuid, i64, bool)>,
+    customer: Option<String>,
+    lines: Vec<LockedLine>,
+}
+
+struct LockedLine {
+    product: Uuid,
+    quantity: i64,
+    /// Its reservation is in the ledger.
+    reserved: bool,
+    /// It counts in the customer's holding of a capped product (`order_items.held`).
+    held: bool,
 }
 
 /// An outcome per (order, command) of a batch.
@@ -118,7 +127,8 @@ pub async fn apply_order_commands(
     let lock_params = params![order_ids];
     let lock_orders = query(
         &tx,
-        "SELECT o.id, o.status, o.stock, i.product_id, i.quantity::bigint AS quantity,
+        "SELECT o.id, o.status, o.stock, o.customer_id, i.product_id,
+                    i.quantity::bigint AS quantity, i.held,
                     EXISTS (SELECT 1 FROM inventory_ledger l
                             WHERE l.order_id = o.id AND l.product_id = i.product_id
                               AND l.reason = 'reserve') AS reserved
@@ -141,14 +151,18 @@ pub async fn apply_order_commands(
                     status: OrderStatus::parse(&status)
                         .ok_or_else(|| corrupt("status", &status))?,
                     stock: Stock::parse(&row.try_get::<_, String>("stock")?)?,
+                    customer: row.try_get("customer_id")?,
                     lines: Vec::new(),
                 })
             }
         };
         if let Some(product) = row.try_get::<_, Option<Uuid>>("product_id")? {
-            order
-                .lines
-                .push((product, row.try_get("quantity")?, row.try_get("reserved")?));
+            order.lines.push(LockedLine {
+                product,
+                quantity: row.try_get("quantity")?,
+                reserved: row.try_get("reserved")?,
+                held: row.try_get::<_, Option<bool>>("held")?.unwrap_or(false),
+            });
         }
     }
 
@@ -158,6 +172,8 @@ pub async fn apply_order_commands(
     let mut change_status: Vec<Option<&'static str>> = Vec::new();
     let mut change_stock: Vec<Option<&'static str>> = Vec::new();
     let mut product_deltas: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
+    // Units given back to customers' holdings, per (product, customer).
+    let mut returned: BTreeMap<(Uuid, &str), i32> = BTreeMap::new();
     let (mut ledger_products, mut ledger_inventory, mut ledger_reserved) =
         (Vec::new(), Vec::new(), Vec::new());
     let (mut ledger_reasons, mut ledger_orders) = (Vec::new(), Vec::new());
@@ -180,7 +196,8 @@ pub async fn apply_order_commands(
                     // The reservation made at creation is what makes an order fulfillable;
                     // an order without lines or with a line that was never reserved is
                     // rejected rather than shipped from stock it does not hold.
-                    let fulfillable = !order.lines.is_empty() && order.lines.iter().all(|l| l.2);
+                    let fulfillable =
+                        !order.lines.is_empty() && order.lines.iter().all(|l| l.reserved);
                     let to = if fulfillable {
                         OrderStatus::Processed
                     } else {
@@ -219,11 +236,18 @@ pub async fn apply_order_commands(
         });
         if let (Some(effect), Stock::Reserved) = (wanted, order.stock) {
             effect_applied = Some(effect);
-            for (product, quantity, _) in &order.lines {
+            for line in &order.lines {
+                let (product, quantity) = (&line.product, line.quantity);
                 let inventory = match effect {
                     StockEffect::Commit => -quantity,
                     StockEffect::Release => 0,
                 };
+                if let (StockEffect::Release, true, Some(customer)) =
+                    (effect, line.held, order.customer.as_deref())
+                {
+                    *returned.entry((*product, customer)).or_default() +=
+                        i32::try_from(quantity).map_err(|_| corrupt("quantity", quantity))?;
+                }
                 let delta = product_deltas.entry(*product).or_default();
                 delta.0 += inventory;
                 delta.1 -= quantity;
@@ -256,16 +280,58 @@ pub async fn apply_order_commands(
 
     if !change_ids.is_empty() {
         let product_ids: Vec<Uuid> = product_deltas.keys().copied().collect();
+        let mut moves = BucketMoves::default();
         if !product_ids.is_empty() {
-            execute(
+            // The product rows first (`FOR NO KEY UPDATE`, as rebucketing takes it, so the
+            // bucket set cannot change under us; orders' `FOR KEY SHARE` goes on), then their
+            // buckets in `(product_id, bucket)` order, the global order of bucket locks.
+            let rows = query(
                 &tx,
-                "SELECT 1 FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                "WITH p AS (
+                     SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE
+                 )
+                 SELECT b.product_id, b.bucket, b.inventory, b.reserved
+                 FROM stock_buckets b WHERE b.product_id IN (SELECT id FROM p)
+                 ORDER BY b.product_id, b.bucket FOR UPDATE OF b",
                 params![product_ids],
             )
             .await?;
+            let mut buckets: BTreeMap<Uuid, Vec<(i16, i64, i64)>> = BTreeMap::new();
+            for row in &rows {
+                buckets.entry(row.try_get(0)?).or_default().push((
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ));
+            }
+            for (product, (inventory, reserved)) in &product_deltas {
+                let held = buckets.get(product).map(Vec::as_slice).unwrap_or_default();
+                moves.add(*product, held, -inventory, -reserved)?;
+            }
         }
-        let inventory_deltas: Vec<i64> = product_deltas.values().map(|d| d.0).collect();
-        let reserved_deltas: Vec<i64> = product_deltas.values().map(|d| d.1).collect();
+        // Holdings last, in (product, customer) order: after every bucket, as placements
+        // take them.
+        let (held_products, held_customers, held_units): (Vec<Uuid>, Vec<&str>, Vec<i32>) =
+            returned.iter().map(|((p, c), q)| (*p, *c, *q)).fold(
+                (Vec::new(), Vec::new(), Vec::new()),
+                |(mut ps, mut cs, mut qs), (p, c, q)| {
+                    ps.push(p);
+                    cs.push(c);
+                    qs.push(q);
+                    (ps, cs, qs)
+                },
+            );
+        if !held_products.is_empty() {
+            execute(
+                &tx,
+                "SELECT 1 FROM customer_holdings h
+                 JOIN unnest($1::uuid[], $2::text[]) AS r(product_id, customer_id)
+                   ON h.product_id = r.product_id AND h.customer_id = r.customer_id
+                 ORDER BY h.product_id, h.customer_id FOR UPDATE OF h",
+                params![held_products, held_customers],
+            )
+            .await?;
+        }
         let message_ids: Vec<Uuid> = batch.events.iter().map(|e| e.message_id).collect();
         let routing_keys: Vec<String> = batch.events.iter().map(OrderEvent::routing_key).collect();
         let payloads: Vec<Json<serde_json::Value>> =
@@ -283,11 +349,15 @@ pub async fn apply_order_commands(
                  INSERT INTO order_status_history (order_id, status, at, changed_by)
                  SELECT id, status, $4, 'system' FROM changes WHERE status IS NOT NULL
              ), stock AS (
-                 UPDATE products p SET inventory = p.inventory + d.inventory,
-                                       reserved = p.reserved + d.reserved,
-                                       updated_at = $4
-                 FROM unnest($5::uuid[], $6::bigint[], $7::bigint[]) AS d(id, inventory, reserved)
-                 WHERE p.id = d.id
+                 UPDATE stock_buckets b SET inventory = b.inventory + d.inventory,
+                                            reserved = b.reserved + d.reserved
+                 FROM unnest($5::uuid[], $16::smallint[], $6::bigint[], $7::bigint[])
+                      AS d(product_id, bucket, inventory, reserved)
+                 WHERE b.product_id = d.product_id AND b.bucket = d.bucket
+             ), holdings AS (
+                 UPDATE customer_holdings h SET held = h.held - r.units
+                 FROM unnest($17::uuid[], $18::text[], $19::int[]) AS r(product_id, customer_id, units)
+                 WHERE h.product_id = r.product_id AND h.customer_id = r.customer_id
              ), ledger AS (
                  -- A commit or release names whoever asked for `shipped` or `cancelled`;
                  -- a rejection's release is the processor's own (no such request).
@@ -308,9 +378,9 @@ pub async fn apply_order_commands(
                 change_status,
                 change_stock,
                 now,
-                product_ids,
-                inventory_deltas,
-                reserved_deltas,
+                moves.products,
+                moves.inventory,
+                moves.reserved,
                 ledger_products,
                 ledger_inventory,
                 ledger_reserved,
@@ -319,12 +389,67 @@ pub async fn apply_order_commands(
                 message_ids,
                 routing_keys,
                 payloads,
+                moves.buckets,
+                held_products,
+                held_customers,
+                held_units,
             ],
         )
         .await?;
     }
     tx.commit().await?;
     Ok(Written::committed(batch.outcomes, batch.events))
+}
+
+/// Per bucket, what a batch's commits and releases change: each product's units come out of
+/// the buckets that hold reservations, in bucket order. An order does not remember which
+/// bucket it took from (rebucketing moves reservations), and need not: any reserved unit of
+/// the product is as good as another.
+#[derive(Debug, Default, PartialEq)]
+struct BucketMoves {
+    products: Vec<Uuid>,
+    buckets: Vec<i16>,
+    inventory: Vec<i64>,
+    reserved: Vec<i64>,
+}
+
+impl BucketMoves {
+    /// Takes `released` reserved units of `product`, of which `committed` also leave the
+    /// inventory, from `buckets` (`(bucket, inventory, reserved)`, locked, in bucket order).
+    /// A bucket gives up inventory only along with its reserved units, so
+    /// `reserved <= inventory` holds for it after the change.
+    fn add(
+        &mut self,
+        product: Uuid,
+        buckets: &[(i16, i64, i64)],
+        committed: i64,
+        released: i64,
+    ) -> Result<(), StoreError> {
+        let (mut committed, mut released) = (committed, released);
+        for &(bucket, _, reserved) in buckets {
+            if released == 0 {
+                break;
+            }
+            let take = released.min(reserved);
+            if take == 0 {
+                continue;
+            }
+            let commit = committed.min(take);
+            released -= take;
+            committed -= commit;
+            self.products.push(product);
+            self.buckets.push(bucket);
+            self.inventory.push(-commit);
+            self.reserved.push(-take);
+        }
+        if released > 0 {
+            return Err(corrupt(
+                "stock_buckets",
+                format!("product {product} holds fewer reserved units than its orders"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Counts one more guarded try of `message_id` (committed before the try, so a crash in
@@ -363,4 +488,22 @@ pub async fn prune_delivery_counts(pool: &Pool) -> Result<u64, StoreError> {
         params![],
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_and_releases_come_out_of_the_buckets_that_hold_reservations() {
+        let product = Uuid::nil();
+        let mut moves = BucketMoves::default();
+        // Reserved 0, 2, 3: 4 units back, 3 of them shipped.
+        let buckets = [(0, 5, 0), (1, 2, 2), (2, 3, 3)];
+        moves.add(product, &buckets, 3, 4).unwrap();
+        assert_eq!(moves.buckets, vec![1, 2]);
+        assert_eq!(moves.reserved, vec![-2, -2]);
+        assert_eq!(moves.inventory, vec![-2, -1]);
+        assert!(BucketMoves::default().add(product, &buckets, 0, 6).is_err());
+    }
 }
