@@ -483,7 +483,8 @@ async fn order_placement_reuses_one_generic_plan() {
             "INSERT INTO products (id, name, price, currency)
              SELECT gen_random_uuid(), 'p' || k, 1.00, 'USD' FROM generate_series(1, 1000) k;
              INSERT INTO stock_buckets (product_id, bucket, inventory)
-             SELECT id, 0, 10 FROM products;
+             SELECT id, 0, 10 FROM products p
+             WHERE NOT EXISTS (SELECT 1 FROM stock_buckets s WHERE s.product_id = p.id);
              INSERT INTO outbox (message_id, routing_key, payload, published_at)
              SELECT gen_random_uuid(), 'order.created', '{}', now() FROM generate_series(1, 20000);",
         )
@@ -537,7 +538,7 @@ async fn order_placement_reuses_one_generic_plan() {
         );
         return;
     }
-    for statement in ["WITH reserve AS%", "WITH lines AS%"] {
+    for statement in ["WITH product AS%", "WITH lines AS%"] {
         let row = client
             .query_one(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements

@@ -131,7 +131,22 @@ fn environment(function: &str, db: &TestDb, broker: &TestBroker) -> Vec<(String,
         ),
         ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_owned()),
         ("AWS_REGION", "eu-west-1".to_owned()),
-        ("DATABASE_URL", db.app_url.clone()),
+        // Migrate owns the schema and sets up the application role, as when deployed; the
+        // other functions connect as that role.
+        if function == "migrate" {
+            ("DATABASE_URL", db.url.clone())
+        } else {
+            ("DATABASE_URL", db.app_url.clone())
+        },
+        (
+            "DATABASE_APP_ROLE",
+            if function == "migrate" {
+                system_tests::APP_ROLE
+            } else {
+                ""
+            }
+            .to_owned(),
+        ),
         ("DATABASE_MULTIPLEXED", db.multiplexed.to_string()),
         ("AMQP_URL", broker.config.url.clone()),
         ("AMQP_EXCHANGE", broker.config.exchange.clone()),
