@@ -76,7 +76,6 @@ EXISTING_DB = {
     "CreateDatabase": "false",
     "DatabaseSecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:admin-AbCdEf",
     "DatabaseSecurityGroupId": "sg-0dddddddddddddddd", "DatabaseHost": "db.example.internal",
-    "ExistingDatabaseSecretHasHost": "false",
 }
 EXISTING_BROKER = {
     "CreateBroker": "false",
@@ -98,7 +97,7 @@ SCENARIOS = {
 # Parameter sets the template's Rules must refuse.
 REFUSED = {
     "existing VPC without subnets": {"CreateNetwork": "false", "VpcId": "vpc-0123456789abcdef0"},
-    "existing database whose secret has no host, without DatabaseHost": {
+    "existing database without DatabaseHost (the application secret has no host)": {
         **EXISTING_DB, "DatabaseHost": ""},
     "RDS Proxy in front of an existing database": {**EXISTING_DB, "UseRdsProxy": "true"},
     "existing broker without its security group": {**EXISTING_BROKER, "BrokerSecurityGroupId": ""},
@@ -433,6 +432,8 @@ def check_scenario(template, label, parameters):
             continue
         if "DATABASE_SECRET_ARN" in uses:
             host = str(env.get("DATABASE_HOST", ""))
+            if not host and binary != MIGRATE:
+                fail(f"{name} has no DATABASE_HOST, and the application role's secret has no host")
             if host.startswith("att:DatabaseProxy."):
                 target, port = groups_of("DatabaseProxy", "VpcSecurityGroupIds"), 5432
             elif host.startswith("att:Database."):
@@ -667,6 +668,8 @@ MUTATIONS = {
         "ServiceToken"),
     "a function that no longer waits for the migrations": (
         _remove(["Resources", "CreateOrderFunction", "DependsOn"]), "does not depend on Migration"),
+    "functions without DATABASE_HOST": (
+        _remove(["Globals", "Function", "Environment", "Variables", "DATABASE_HOST"]), "no DATABASE_HOST"),
     "the Lambda endpoint forgotten": (
         lambda t: _drop(t, "LambdaEndpoint"), "lambda"),
     "a reference to a resource a scenario does not create": (
