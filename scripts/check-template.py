@@ -312,12 +312,6 @@ class Network:
             self.used.add(name)
         return name is not None
 
-    def egress_allows(self, source, target, port):
-        name = self._find(source, "egress", port, [target])
-        if name:
-            self.used.add(name)
-        return name is not None
-
     def unused(self):
         return [r[6] for r in self.rules if r[6] not in self.used and not _is_placeholder(r)]
 
