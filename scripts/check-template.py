@@ -255,7 +255,7 @@ def merge(globals_, local):
 class Network:
     """Security groups and their rules under one scenario, and the flows they allow."""
 
-    def __init__(self, resolver, resources):
+    def __init__(self, resources):
         self.rules = []  # (group, direction, protocol, from, to, peer, name)
         for name, resource in resources.items():
             props = resource.get("Properties", {})
@@ -379,7 +379,7 @@ def check_scenario(template, label, parameters):
     functions = {name: merge(globals_fn, res["Properties"]) for name, res in resources.items()
                  if res["Type"] == "AWS::Serverless::Function"}
     binaries = {name: template["Resources"][name]["Metadata"]["BuildProperties"]["Binary"] for name in functions}
-    net = Network(resolver, resources)
+    net = Network(resources)
 
     def groups_of(name, key):
         return list(resources[name]["Properties"].get(key, [])) if name in resources else []
