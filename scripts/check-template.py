@@ -18,7 +18,7 @@ symbolic) and then:
   4. every security group rule is used by one of those flows (exactly the needed rules);
   5. every resource a kept resource refers to is itself kept under the scenario;
   6. every alarm notifies on ALARM and OK, and names TreatMissingData; the alarms and the
-     dashboard cover the metrics the functions emit;
+     dashboard cover the metrics the functions emit, and the dashboard's body is JSON;
   7. every function logs to a log group of its own (LoggingConfig.LogGroup, with a
      retention, not named after the function so it exists first);
   8. every function's policies name exactly the secrets it reads, and only migrate gets the
@@ -582,8 +582,31 @@ def check_scenario(template, label, parameters):
     return problems
 
 
-def check(template):
+def dashboard_problems(template):
+    """The dashboard body must be valid JSON with and without the database's widgets: a
+    broken body fails the deploy. Numbers stand in for numeric parameters, text for the rest."""
+    dashboard = template["Resources"].get("Dashboard", {}).get("Properties", {}).get("DashboardBody", {})
+    if "Fn::Sub" not in dashboard:
+        return ["the Dashboard's body is not a !Sub of a JSON document"]
+    body, variables = dashboard["Fn::Sub"]
+    numeric = {n for n, p in template.get("Parameters", {}).items() if p.get("Type") == "Number"}
     problems = []
+    for with_database in (True, False):
+        text = body
+        for name, value in variables.items():
+            if isinstance(value, dict) and "Fn::If" in value:
+                chosen = value["Fn::If"][1] if with_database else value["Fn::If"][2]
+                text = text.replace("${" + name + "}", chosen.get("Fn::Sub", "") if isinstance(chosen, dict) else chosen)
+        text = re.sub(r"\$\{([^}!]+)\}", lambda m: "1" if m.group(1) in numeric else "x", text)
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            problems.append(f"the dashboard body ({'with' if with_database else 'without'} the database) is not JSON: {error}")
+    return problems
+
+
+def check(template):
+    problems = dashboard_problems(template)
     for label, parameters in SCENARIOS.items():
         problems += check_scenario(template, label, parameters)
     for label, parameters in REFUSED.items():
@@ -664,6 +687,9 @@ MUTATIONS = {
         _remove(["Resources", "CreateOrderFunction", "DependsOn"]), "does not depend on Migration"),
     "functions without DATABASE_HOST": (
         _remove(["Globals", "Function", "Environment", "Variables", "DATABASE_HOST"]), "no DATABASE_HOST"),
+    "a dashboard body that is not JSON": (
+        lambda t: t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"].__setitem__(
+            0, t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"][0] + ","), "not JSON"),
     "the Lambda endpoint forgotten": (
         lambda t: _drop(t, "LambdaEndpoint"), "lambda"),
     "a reference to a resource a scenario does not create": (
