@@ -14,6 +14,11 @@
 #      would answer a missing scope with its own {"message":"Forbidden"}, not the
 #      /problems/forbidden clients switch on); in openapi.yaml exactly those two operations
 #      are `security: []`, every other one has the bearer JWT scheme and documents 401.
+#   6. scripts/check-template.py: what lint cannot see in template.yaml, for every network
+#      set-up (each function reaches what it calls, the MQ event source's pollers reach the
+#      endpoints they need, every rule is needed, every alarm has actions, every function
+#      its own log group and only its secrets, migrations keyed on migrate's version), and
+#      its --self-test, which breaks copies of the template and fails unless each is caught.
 # Exits nonzero on any finding. Installs what it needs with pip when it is missing.
 set -euo pipefail
 
@@ -210,3 +215,7 @@ print(
     f" all but the {len(PUBLIC_ROUTES)} catalogue reads need a JWT, none has route scopes"
 )
 PY
+
+echo "== template: reachability, alarms, log groups, least privilege, migrations (scripts/check-template.py)"
+python3 scripts/check-template.py
+python3 scripts/check-template.py --self-test
