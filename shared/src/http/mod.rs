@@ -137,16 +137,19 @@ pub async fn handle(state: &ApiState, endpoints: &[Endpoint], request: Request) 
     let outcome = match resolve(&request) {
         Some((endpoint, id)) if endpoints.contains(&endpoint) => {
             let budget = request_budget(&request);
-            tokio::time::timeout(budget, dispatch(state, endpoint, id.as_deref(), &request))
-                .await
-                .unwrap_or_else(|_| {
-                    // Dropping the use case drops its transaction, which PostgreSQL rolls
-                    // back; a commit already sent may still land, which a retry with the
-                    // same idempotency key replays.
-                    Err(ApiError::Unavailable(StoreError::Unavailable(
-                        format!("no answer within the request's budget of {budget:?}").into(),
-                    )))
-                })
+            let outcome =
+                tokio::time::timeout(budget, dispatch(state, endpoint, id.as_deref(), &request))
+                    .await
+                    .unwrap_or_else(|_| {
+                        // Dropping the use case drops its transaction, which PostgreSQL
+                        // rolls back; a commit already sent may still land, which a retry
+                        // with the same idempotency key replays.
+                        Err(ApiError::Unavailable(StoreError::Unavailable(
+                            format!("no answer within the request's budget of {budget:?}").into(),
+                        )))
+                    });
+            record_refusal(endpoint, &outcome);
+            outcome
         }
         _ => Err(ApiError::NotFound),
     };
@@ -162,6 +165,18 @@ fn request_budget(request: &Request) -> Duration {
         .and_then(|context| context.deadline().duration_since(SystemTime::now()).ok())
         .map(|left| left.saturating_sub(ANSWER_MARGIN));
     left.map_or(REQUEST_BUDGET, |left| left.min(REQUEST_BUDGET))
+}
+
+/// `OrdersRefused` by reason: every client error that answers `POST /orders`, named by its
+/// problem type. (Placed orders are counted by the events they commit, in the unit of
+/// work; server errors are API Gateway's 5xx metric.)
+fn record_refusal(endpoint: Endpoint, outcome: &Result<Response<Body>, ApiError>) {
+    if let (Endpoint::CreateOrder, Err(error)) = (endpoint, outcome) {
+        let (status, kind) = error.problem_type();
+        if (400..500).contains(&status) {
+            crate::metrics::record_by(crate::metrics::SplitMetric::OrdersRefused, kind, 1.0);
+        }
+    }
 }
 
 /// Runs the endpoint's use case for its caller. Who may call what is decided here, once:
@@ -302,7 +317,11 @@ impl ApiState {
     {
         let value = match &self.publisher {
             Some(publisher) => publisher.write(use_case).await?,
-            None => use_case(crate::store::SentMessages::none()).await?.value,
+            None => {
+                let written = use_case(crate::store::SentMessages::none()).await?;
+                crate::metrics::record_committed(&written.events);
+                written.value
+            }
         };
         Ok(value)
     }
@@ -322,8 +341,10 @@ pub async fn serve(endpoints: &'static [Endpoint]) -> Result<(), lambda_http::Er
             }
         }
     };
+    let metrics = &crate::metrics::Emitter::from_env();
     let serve = lambda_http::run(lambda_http::service_fn(move |request| async move {
-        Ok::<_, std::convert::Infallible>(handle(state, endpoints, request).await)
+        let response = crate::metrics::invocation(metrics, handle(state, endpoints, request)).await;
+        Ok::<_, std::convert::Infallible>(response)
     }));
     let ((), served) = tokio::join!(warm_up, serve);
     served
