@@ -82,6 +82,9 @@ server_idle_timeout = 10
 ; A statement waits at most 5 s for a server connection (then 08P01, a 503), as RDS
 ; Proxy's ConnectionBorrowTimeout bounds it in AWS.
 query_wait_timeout = 5
+; After a failed login (the server restarting) try again within a second, not 15 s: the
+; clients queued meanwhile get a server well within their function's time.
+server_login_retry = 1
 server_reset_query =
 ignore_startup_parameters = extra_float_digits
 logfile = ${POOLER_DIR}/pgbouncer.log

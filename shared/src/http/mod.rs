@@ -10,8 +10,6 @@ mod products;
 pub use body::{Json, JsonObject};
 pub use problem::ApiError;
 
-use std::time::{Duration, SystemTime};
-
 use deadpool_postgres::Pool;
 use lambda_http::http::header::{CONTENT_TYPE, LOCATION};
 use lambda_http::http::{HeaderValue, Method};
@@ -20,7 +18,6 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
 
 use crate::messaging::Publisher;
-use crate::store::StoreError;
 
 /// What an HTTP function needs, built once per execution environment.
 pub struct ApiState {
@@ -120,51 +117,18 @@ fn resolve(request: &Request) -> Option<(Endpoint, Option<String>)> {
     })
 }
 
-/// The longest a request may run before it is answered 503. HTTP functions time out at
-/// 10 s (`template.yaml`): a request must be answered before that, not cut off with
-/// API Gateway's bare 5xx. Server-side bounds (the role's `statement_timeout`) do not
-/// cover a statement queued in a pooler without a server connection (PgBouncer's
-/// `query_wait_timeout`, RDS Proxy's `ConnectionBorrowTimeout`), nor a database that
-/// stopped answering.
-pub const REQUEST_BUDGET: Duration = Duration::from_secs(8);
-
-/// What is kept of the invocation's remaining time to answer after the budget ran out.
-const ANSWER_MARGIN: Duration = Duration::from_millis(500);
-
 /// Handles one request for a function that serves `endpoints`. Never fails and never
-/// panics on client input: every outcome is a response, within [`request_budget`].
+/// panics on client input: every outcome is a response.
 pub async fn handle(state: &ApiState, endpoints: &[Endpoint], request: Request) -> Response<Body> {
     let outcome = match resolve(&request) {
         Some((endpoint, id)) if endpoints.contains(&endpoint) => {
-            let budget = request_budget(&request);
-            let outcome =
-                tokio::time::timeout(budget, dispatch(state, endpoint, id.as_deref(), &request))
-                    .await
-                    .unwrap_or_else(|_| {
-                        // Dropping the use case drops its transaction, which PostgreSQL
-                        // rolls back; a commit already sent may still land, which a retry
-                        // with the same idempotency key replays.
-                        Err(ApiError::Unavailable(StoreError::Unavailable(
-                            format!("no answer within the request's budget of {budget:?}").into(),
-                        )))
-                    });
+            let outcome = dispatch(state, endpoint, id.as_deref(), &request).await;
             record_refusal(endpoint, &outcome);
             outcome
         }
         _ => Err(ApiError::NotFound),
     };
     outcome.unwrap_or_else(ApiError::into_response)
-}
-
-/// [`REQUEST_BUDGET`], or less when the invocation's own deadline comes sooner. A deadline
-/// that is not in the future is no deadline (an emulator's context, an in-process test):
-/// Lambda itself always gives the invocation's real end.
-fn request_budget(request: &Request) -> Duration {
-    let left = request
-        .lambda_context_ref()
-        .and_then(|context| context.deadline().duration_since(SystemTime::now()).ok())
-        .map(|left| left.saturating_sub(ANSWER_MARGIN));
-    left.map_or(REQUEST_BUDGET, |left| left.min(REQUEST_BUDGET))
 }
 
 /// `OrdersRefused` by reason: every client error that answers `POST /orders`, named by its
@@ -353,33 +317,6 @@ pub async fn serve(endpoints: &'static [Endpoint]) -> Result<(), lambda_http::Er
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_request_is_answered_before_its_invocation_times_out() {
-        let in_ms = |from_now: Duration| {
-            (SystemTime::now() + from_now)
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64
-        };
-        let with_deadline = |from_now| {
-            let mut context = lambda_http::Context::default();
-            context.deadline = in_ms(from_now);
-            Request::default().with_lambda_context(context)
-        };
-        let short = request_budget(&with_deadline(Duration::from_secs(3)));
-        assert!(short <= Duration::from_millis(2_500) && short > Duration::from_secs(2));
-        assert_eq!(
-            request_budget(&with_deadline(Duration::from_secs(60))),
-            REQUEST_BUDGET
-        );
-        assert_eq!(request_budget(&Request::default()), REQUEST_BUDGET);
-        // An emulator's context whose deadline already passed: no deadline.
-        let mut past = lambda_http::Context::default();
-        past.deadline = 1;
-        let past = Request::default().with_lambda_context(past);
-        assert_eq!(request_budget(&past), REQUEST_BUDGET);
-    }
 
     #[test]
     fn paths_match_their_routes_and_capture_the_id() {
