@@ -16,8 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use shared::domain::{ProductId, StockBuckets};
 use shared::http::{handle, ApiState, Endpoint};
 use shared::messaging::{OrderEvent, Publisher};
+use shared::store::{update_product, ProductPatch};
 use system_tests::{TestBroker, TestDb};
 use uuid::Uuid;
 
@@ -749,6 +751,198 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
                 "publishConfirmOne": publish.to_json(),
                 "markPublishedOne": mark.to_json(),
             },
+        }),
+        targets,
+        foreign: foreigns,
+    }
+}
+
+/// Bucket counts the flash-sale part tries on the hot product.
+const FLASH_SALE_BUCKETS: [u8; 5] = [1, 4, 8, 16, 32];
+/// Concurrencies of the flash-sale part (issue 14).
+const FLASH_SALE_CONCURRENCY: [usize; 3] = [8, 32, 64];
+
+/// A drop: every order for one product, spread over k buckets, at 8/32/64 clients, beside
+/// the single-row limit (the limit's transaction on the hot product's one row) and our own
+/// 1,000-product figure at 32, all in this run. The product holds a billion units, so any
+/// refusal is a false one.
+pub async fn flash_sale(
+    settings: &Settings,
+    monitor: &ForeignCpu,
+    quiet_wait: Duration,
+) -> Section {
+    wait_until_quiet("flash-sale", 15.0, quiet_wait).await;
+    let broker = TestBroker::new().await;
+    let ours_db = TestDb::with_pool_size(2).await;
+    let limit_db = TestDb::with_pool_size(2).await;
+    for db in [&ours_db, &limit_db] {
+        seed::products(&db.owner).await;
+        seed::history(&db.owner, HISTORY_ORDERS).await;
+    }
+    let limit = match find_pgbench() {
+        Some(program) => {
+            let dir = std::env::temp_dir().join(format!("bench-flash-{}", std::process::id()));
+            Limit::Pgbench { program, dir }
+        }
+        None => Limit::Loop,
+    };
+    let point = Settings {
+        duration: settings.duration / 2,
+        warmup: settings.warmup,
+        concurrencies: Vec::new(),
+    };
+    let mut foreigns = Vec::new();
+    let mark = monitor.mark();
+    let single_row = limit
+        .measure(&limit_db, Products::Hot, 32, point.duration)
+        .await;
+    let spread = ours(
+        monitor,
+        &ours_db,
+        &broker,
+        Products::Spread,
+        32,
+        true,
+        false,
+        &point,
+    )
+    .await;
+    foreigns.push(monitor.since(mark));
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "flash sale: create-order on one product in k buckets (in-process handler, publisher on), same run"
+    );
+    let _ = writeln!(
+        table,
+        "single-row limit ({}, 32 clients): {}/s, p50 {:.3} ms, p99 {:.3} ms; ours over 1,000 products at 32: {}/s, p99 {:.3} ms",
+        limit.name(),
+        thousands(single_row.per_second()),
+        single_row.p50_ms,
+        single_row.p99_ms,
+        thousands(spread.per_second()),
+        spread.p99_ms
+    );
+    let _ = writeln!(
+        table,
+        "{:>7} {:>4} | {:>9} {:>8} {:>8} | {:>12} {:>12} | {:>15} {:>5}",
+        "buckets",
+        "conc",
+        "orders/s",
+        "p50 ms",
+        "p99 ms",
+        "x single-row",
+        "x 1,000-prod",
+        "false refusals",
+        "fgn%"
+    );
+    let hot = ProductId::parse(&product_id(HOT_PRODUCT).to_string()).expect("the hot product's id");
+    let mut rows = Vec::new();
+    let mut at_32: Vec<(u8, Measured)> = Vec::new();
+    let mut false_refusals = 0;
+    for buckets in FLASH_SALE_BUCKETS {
+        let patch = ProductPatch {
+            stock_buckets: Some(StockBuckets::try_from(i64::from(buckets)).expect("1 to 64")),
+            ..ProductPatch::default()
+        };
+        update_product(&ours_db.pool, hot, &patch)
+            .await
+            .expect("rebucket the hot product");
+        for concurrency in FLASH_SALE_CONCURRENCY {
+            let mark = monitor.mark();
+            let measured = ours(
+                monitor,
+                &ours_db,
+                &broker,
+                Products::Hot,
+                concurrency,
+                true,
+                false,
+                &point,
+            )
+            .await;
+            let foreign = monitor.since(mark);
+            foreigns.push(foreign);
+            false_refusals += measured.failures;
+            if let Some(first) = &measured.first_failure {
+                eprintln!("[flash-sale] k={buckets} c={concurrency}: first refusal {first}");
+            }
+            let line = format!(
+                "{:>7} {:>4} | {:>9} {:>8.3} {:>8.3} | {:>11.2}x {:>11.2}x | {:>15} {:>5.0}",
+                buckets,
+                concurrency,
+                thousands(measured.per_second()),
+                measured.p50_ms,
+                measured.p99_ms,
+                measured.per_second() / single_row.per_second().max(f64::MIN_POSITIVE),
+                measured.per_second() / spread.per_second().max(f64::MIN_POSITIVE),
+                measured.failures,
+                foreign
+            );
+            eprintln!("{line}");
+            let _ = writeln!(table, "{line}");
+            rows.push(json!({
+                "buckets": buckets,
+                "concurrency": concurrency,
+                "measured": measured.to_json(),
+            }));
+            if concurrency == 32 {
+                at_32.push((buckets, measured));
+            }
+        }
+    }
+    let (best_buckets, best) = at_32
+        .iter()
+        .filter(|(buckets, _)| *buckets > 1)
+        .max_by(|a, b| a.1.per_second().total_cmp(&b.1.per_second()))
+        .expect("bucketed points at 32");
+    let one_bucket = &at_32
+        .iter()
+        .find(|(buckets, _)| *buckets == 1)
+        .expect("the one-bucket point")
+        .1;
+    let _ = writeln!(
+        table,
+        "best at 32 clients: {best_buckets} buckets ({}/s)",
+        thousands(best.per_second())
+    );
+    let vs_limit = best.per_second() / single_row.per_second().max(f64::MIN_POSITIVE);
+    let vs_spread = best.per_second() / spread.per_second().max(f64::MIN_POSITIVE);
+    let targets = vec![
+        Target::new(
+            format!("flash sale at 32, {best_buckets} buckets >= 2.5x the single-row limit"),
+            format!("{vs_limit:.2}x"),
+            ">= 2.5x",
+            vs_limit >= 2.5,
+        ),
+        Target::new(
+            format!("flash sale at 32, {best_buckets} buckets >= 0.8x our 1,000-product figure"),
+            format!("{vs_spread:.2}x"),
+            ">= 0.8x",
+            vs_spread >= 0.8,
+        ),
+        Target::new(
+            "flash sale: no false refusal",
+            false_refusals.to_string(),
+            "0",
+            false_refusals == 0,
+        ),
+        Target::new(
+            format!("flash sale at 32, {best_buckets} buckets: p99 no worse than one row (ours, 1 bucket)"),
+            format!("{:.3} vs {:.3} ms", best.p99_ms, one_bucket.p99_ms),
+            "<=",
+            best.p99_ms <= one_bucket.p99_ms,
+        ),
+    ];
+    Section {
+        name: "flashSale",
+        table,
+        json: json!({
+            "singleRowLimit": single_row.to_json(),
+            "spread32": spread.to_json(),
+            "rows": rows,
+            "bestBucketsAt32": best_buckets,
         }),
         targets,
         foreign: foreigns,

@@ -57,13 +57,14 @@ struct Options {
     concurrencies: Vec<usize>,
 }
 
-const PARTS: [&str; 4] = ["orders", "processor", "functions", "search"];
+const PARTS: [&str; 5] = ["orders", "flash-sale", "processor", "functions", "search"];
 
-const USAGE: &str = "usage: bench [--quick] [--no-build] [--only orders,processor,functions,search] [--out FILE] [--quiet-wait SECONDS]
+const USAGE: &str = "usage: bench [--quick] [--no-build] [--only orders,flash-sale,processor,functions,search] [--out FILE] [--quiet-wait SECONDS]
 
   --quick          short points (smoke run; figures are rough)
   --no-build       use the function binaries already in target/release
-  --only PARTS     run some parts: orders (create-order vs pgbench), processor, functions,
+  --only PARTS     run some parts: orders (create-order vs pgbench), flash-sale (one product
+                   in 1-32 buckets vs the single-row limit), processor, functions,
                    search (GET /orders over 1,000,000 orders, first and deep pages)
   --concurrency L  create-order concurrencies (default 1,8,32,64)
   --out FILE       where to write the JSON (default target/bench-results.json)
@@ -173,6 +174,14 @@ async fn run(options: Options) {
             }
         };
         sections.push(create_order::run(&settings, &monitor, options.quiet_wait).await);
+    }
+    if options.only.iter().any(|p| p == "flash-sale") {
+        let settings = create_order::Settings {
+            duration: Duration::from_secs(if options.quick { 2 } else { 8 }),
+            warmup: Duration::from_millis(if options.quick { 300 } else { 1000 }),
+            concurrencies: Vec::new(),
+        };
+        sections.push(create_order::flash_sale(&settings, &monitor, options.quiet_wait).await);
     }
     if options.only.iter().any(|p| p == "processor") {
         let settings = if options.quick {
