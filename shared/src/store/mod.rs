@@ -1,7 +1,6 @@
 //! PostgreSQL access: one function per use case, each one transaction (or one atomic
 //! statement). Functions take a pool or a client so tests and handlers call them alike.
 
-mod health;
 mod orders;
 mod outbox;
 mod page;
@@ -9,7 +8,6 @@ mod processing;
 mod products;
 mod sql;
 
-pub use health::{backlog, check_stock, Backlog, StockCheck, StockDrift};
 pub use orders::{
     create_order, explain_list_orders, get_order, list_orders, update_order_status,
     CreateOrderOutcome, NewOrder, OrderFilter, OrderIdempotency,
