@@ -6,9 +6,12 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let processor = Processor::load().await?;
     let processor = &processor;
+    let metrics = &shared::metrics::Emitter::from_env();
     run(service_fn(
         move |event: LambdaEvent<AmazonMqEvent>| async move {
-            processor.handle(&event.payload).await.map_err(Error::from)
+            shared::metrics::invocation(metrics, processor.handle(&event.payload))
+                .await
+                .map_err(Error::from)
         },
     ))
     .await

@@ -122,11 +122,25 @@ fn resolve(request: &Request) -> Option<(Endpoint, Option<String>)> {
 pub async fn handle(state: &ApiState, endpoints: &[Endpoint], request: Request) -> Response<Body> {
     let outcome = match resolve(&request) {
         Some((endpoint, id)) if endpoints.contains(&endpoint) => {
-            dispatch(state, endpoint, id.as_deref(), &request).await
+            let outcome = dispatch(state, endpoint, id.as_deref(), &request).await;
+            record_refusal(endpoint, &outcome);
+            outcome
         }
         _ => Err(ApiError::NotFound),
     };
     outcome.unwrap_or_else(ApiError::into_response)
+}
+
+/// `OrdersRefused` by reason: every client error that answers `POST /orders`, named by its
+/// problem type. (Placed orders are counted by the events they commit, in the unit of
+/// work; server errors are API Gateway's 5xx metric.)
+fn record_refusal(endpoint: Endpoint, outcome: &Result<Response<Body>, ApiError>) {
+    if let (Endpoint::CreateOrder, Err(error)) = (endpoint, outcome) {
+        let (status, kind) = error.problem_type();
+        if (400..500).contains(&status) {
+            crate::metrics::record_by(crate::metrics::SplitMetric::OrdersRefused, kind, 1.0);
+        }
+    }
 }
 
 /// Runs the endpoint's use case for its caller. Who may call what is decided here, once:
@@ -267,7 +281,11 @@ impl ApiState {
     {
         let value = match &self.publisher {
             Some(publisher) => publisher.write(use_case).await?,
-            None => use_case(crate::store::SentMessages::none()).await?.value,
+            None => {
+                let written = use_case(crate::store::SentMessages::none()).await?;
+                crate::metrics::record_committed(&written.events);
+                written.value
+            }
         };
         Ok(value)
     }
@@ -287,8 +305,10 @@ pub async fn serve(endpoints: &'static [Endpoint]) -> Result<(), lambda_http::Er
             }
         }
     };
+    let metrics = &crate::metrics::Emitter::from_env();
     let serve = lambda_http::run(lambda_http::service_fn(move |request| async move {
-        Ok::<_, std::convert::Infallible>(handle(state, endpoints, request).await)
+        let response = crate::metrics::invocation(metrics, handle(state, endpoints, request)).await;
+        Ok::<_, std::convert::Infallible>(response)
     }));
     let ((), served) = tokio::join!(warm_up, serve);
     served

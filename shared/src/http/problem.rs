@@ -212,6 +212,12 @@ impl ApiError {
         (status, kind, title, detail, extra)
     }
 
+    /// The HTTP status and the problem type's last segment (`insufficient-stock`, …).
+    pub(crate) fn problem_type(&self) -> (u16, &'static str) {
+        let (status, kind, ..) = self.problem();
+        (status, kind)
+    }
+
     pub fn into_response(self) -> Response<Body> {
         match &self {
             ApiError::Internal(e) => tracing::error!(error = %error_chain(e), "request failed"),

@@ -15,9 +15,11 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::{headers, BrokerError, EventType, OrderEvent, Outgoing, Publisher, Topology};
 use crate::domain::{OrderId, OrderStatus};
+use crate::metrics::{record, Metric};
 use crate::store::{self, CommandOutcome, OrderCommand, StoreError};
 use crate::telemetry::error_chain;
 
@@ -127,6 +129,32 @@ struct Incoming {
     decoded: Result<Option<(OrderId, OrderCommand, String)>, String>,
 }
 
+impl Incoming {
+    /// The request id of the HTTP call that caused the event: the event's `correlationId`,
+    /// or the message's AMQP `correlation_id` when the body does not read as an event.
+    fn correlation_id(&self) -> &str {
+        match &self.decoded {
+            Ok(Some((_, _, correlation))) => correlation,
+            _ => self
+                .message
+                .basic_properties
+                .correlation_id
+                .as_deref()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The span every log line about this message is written in, so that a request's lines
+    /// in the HTTP function and the processor's lines about its event share its id.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "message",
+            correlation_id = %self.correlation_id(),
+            message_id = %self.label
+        )
+    }
+}
+
 pub struct Processor {
     pool: Pool,
     publisher: Publisher,
@@ -158,6 +186,7 @@ impl Processor {
                     .map(move |(index, message)| decode(queue, index, message))
             })
             .collect();
+        record(Metric::ProcessorBatchSize, incoming.len() as f64);
 
         let mut dispositions: Vec<Disposition> = incoming
             .iter()
@@ -177,11 +206,12 @@ impl Processor {
                 self.apply_guarded(&incoming, &commands, &mut dispositions)
                     .await;
             } else {
-                self.apply(&commands, &mut dispositions).await;
+                self.apply(&incoming, &commands, &mut dispositions).await;
             }
         }
 
         let summary = self.route_failures(&incoming, &dispositions).await?;
+        summary.record_metrics();
         tracing::info!(
             received = summary.received,
             applied = summary.applied,
@@ -200,24 +230,36 @@ impl Processor {
     /// its own, so a bad one fails alone and the good ones still go through.
     async fn apply(
         &self,
+        incoming: &[Incoming],
         commands: &[(usize, (OrderId, OrderCommand, String))],
         dispositions: &mut [Disposition],
     ) {
-        let all: Vec<(OrderId, OrderCommand, String)> =
-            commands.iter().map(|(_, c)| c.clone()).collect();
+        // Each command once: the store judges a second copy against the state the first
+        // just made, which would report the command as applied before.
+        let mut distinct = HashSet::new();
+        let all: Vec<(OrderId, OrderCommand, String)> = commands
+            .iter()
+            .filter(|(_, (order, command, _))| distinct.insert((*order, *command)))
+            .map(|(_, c)| c.clone())
+            .collect();
         match self.apply_and_publish(&all).await {
             Ok(outcomes) => {
                 // Copies of one command in a batch: the first made the effect, the rest are
                 // duplicates of it.
                 let mut seen = HashSet::new();
                 for (index, (order, command, _)) in commands {
-                    dispositions[*index] =
-                        match disposition(outcomes.get(&(*order, *command)).copied()) {
-                            Disposition::Applied if !seen.insert((*order, *command)) => {
-                                Disposition::Unchanged
-                            }
-                            other => other,
-                        };
+                    let outcome = match disposition(outcomes.get(&(*order, *command)).copied()) {
+                        Disposition::Applied if !seen.insert((*order, *command)) => {
+                            Disposition::Unchanged
+                        }
+                        other => other,
+                    };
+                    // The batch was one statement: each message still gets its line, in
+                    // its own span.
+                    incoming[*index]
+                        .span()
+                        .in_scope(|| log_outcome(*order, *command, &outcome));
+                    dispositions[*index] = outcome;
                 }
             }
             Err(e) if e.is_unavailable() => {
@@ -229,7 +271,10 @@ impl Processor {
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "batch failed; applying its messages one by one");
                 for (index, command) in commands {
-                    dispositions[*index] = self.apply_one(command).await;
+                    dispositions[*index] = self
+                        .apply_one(command)
+                        .instrument(incoming[*index].span())
+                        .await;
                 }
             }
         }
@@ -247,39 +292,44 @@ impl Processor {
     ) {
         for (index, command) in commands {
             let label = &incoming[*index].label;
-            dispositions[*index] = match store::count_delivery(&self.pool, label).await {
-                Err(e) => {
-                    tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
-                    Disposition::Wait("database unavailable".into())
-                }
-                Ok(tries) if tries >= POISON_DELIVERIES => {
-                    tracing::error!(message = %label, tries, "message keeps failing the invocation; parking it");
-                    let _ = store::forget_delivery(&self.pool, label).await;
-                    Disposition::Park(format!(
-                        "crashed or timed out the processor on {tries} deliveries"
-                    ))
-                }
-                Ok(_) => {
-                    let outcome = self.apply_one(command).await;
-                    if let Err(e) = store::forget_delivery(&self.pool, label).await {
-                        tracing::warn!(error = %error_chain(&e), message = %label, "delivery count not forgotten");
+            let guarded = async {
+                match store::count_delivery(&self.pool, label).await {
+                    Err(e) => {
+                        tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
+                        Disposition::Wait("database unavailable".into())
                     }
-                    outcome
+                    Ok(tries) if tries >= POISON_DELIVERIES => {
+                        tracing::error!(message = %label, tries, "message keeps failing the invocation; parking it");
+                        let _ = store::forget_delivery(&self.pool, label).await;
+                        Disposition::Park(format!(
+                            "crashed or timed out the processor on {tries} deliveries"
+                        ))
+                    }
+                    Ok(_) => {
+                        let outcome = self.apply_one(command).await;
+                        if let Err(e) = store::forget_delivery(&self.pool, label).await {
+                            tracing::warn!(error = %error_chain(&e), message = %label, "delivery count not forgotten");
+                        }
+                        outcome
+                    }
                 }
             };
+            dispositions[*index] = guarded.instrument(incoming[*index].span()).await;
         }
     }
 
     /// One message on its own: what became of it.
     async fn apply_one(&self, command: &(OrderId, OrderCommand, String)) -> Disposition {
-        match self.apply_and_publish(std::slice::from_ref(command)).await {
+        let outcome = match self.apply_and_publish(std::slice::from_ref(command)).await {
             Ok(outcomes) => disposition(outcomes.get(&(command.0, command.1)).copied()),
             Err(e) if e.is_unavailable() => Disposition::Wait("database unavailable".into()),
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), order = %command.0, "message failed");
                 Disposition::Retry(format!("database error: {e}"))
             }
-        }
+        };
+        log_outcome(command.0, command.1, &outcome);
+        outcome
     }
 
     async fn apply_and_publish(
@@ -348,7 +398,9 @@ impl Processor {
                     )
                 }
             };
-            tracing::warn!(message = %message.label, attempt, queue = %queue, reason = %reason, "message not applied");
+            message.span().in_scope(
+                || tracing::warn!(attempt, queue = %queue, reason = %reason, "message not applied"),
+            );
             summary.failed_message_ids.push(message.label.clone());
             outgoing.push(Outgoing {
                 // The default exchange routes by queue name, straight to the delay or
@@ -374,6 +426,25 @@ impl Processor {
             .map_err(ProcessError::CannotRoute)?;
         Ok(summary)
     }
+}
+
+impl BatchSummary {
+    /// The batch's outcomes as metrics. Messages waiting out an outage of ours are retried
+    /// too (they go to a delay queue), so they count there.
+    fn record_metrics(&self) {
+        record(Metric::MessagesApplied, self.applied as f64);
+        record(Metric::MessagesUnchanged, self.unchanged as f64);
+        record(
+            Metric::MessagesRetried,
+            (self.retried + self.waiting) as f64,
+        );
+        record(Metric::MessagesParked, self.parked as f64);
+    }
+}
+
+/// The line each applied (or tried) message gets, in its span.
+fn log_outcome(order: OrderId, command: OrderCommand, outcome: &Disposition) {
+    tracing::info!(order = %order, command = ?command, outcome = ?outcome, "message handled");
 }
 
 fn disposition(outcome: Option<CommandOutcome>) -> Disposition {

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::broker::confirmed;
 use super::{Broker, BrokerError, OrderEvent, Outgoing};
+use crate::metrics::{record, Metric};
 use crate::store::{self, SentMessages, StoreError};
 use crate::telemetry::error_chain;
 
@@ -91,9 +92,11 @@ impl Publisher {
             Ok(Ok(confirms)) => confirms,
             Ok(Err(e)) => {
                 tracing::warn!(error = %error_chain(&e), "publish failed; the outbox relay will retry");
+                record(Metric::PublishFailures, events.len() as f64);
                 return;
             }
             Err(_) => {
+                record(Metric::PublishFailures, events.len() as f64);
                 self.broker.cool_down();
                 tracing::warn!(budget = ?SEND_BUDGET, "the broker did not take the events in time; the outbox relay will publish them");
                 return;
@@ -129,6 +132,7 @@ impl Publisher {
         let sent = self.take_confirmed();
         match use_case(sent.clone()).await {
             Ok(written) => {
+                crate::metrics::record_committed(&written.events);
                 if !written.marked {
                     self.keep_confirmed(sent);
                 }

@@ -1,9 +1,13 @@
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 
-use super::{BrokerError, Publisher};
-use crate::store::{self, StoreError};
+use super::{Broker, BrokerError, Publisher, Topology};
+use crate::metrics::{record, record_by, Metric, SplitMetric};
+use crate::store::{self, StockDrift, StoreError};
+use crate::telemetry::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -27,6 +31,13 @@ const DEFAULT_UNSETTLED_AFTER: Duration = Duration::from_secs(300);
 /// pause; the next runs catch up.
 const PRUNE_LIMIT: i64 = 20_000;
 
+/// At most this many changed products are checked for stock drift per run; the next runs
+/// carry on with the rest.
+const STOCK_CHECK_PRODUCTS: i64 = 1_000;
+
+/// How long asking the broker for a queue's depth may take.
+const QUEUE_DEPTH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// What one relay run did, returned by the function and logged.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -44,6 +55,8 @@ pub struct RelayReport {
     pub pruned: u64,
     /// Idempotency keys forgotten after their lifetime.
     pub purged_keys: u64,
+    /// Products whose stock does not add up to their ledger, among those checked.
+    pub stock_drift: Vec<StockDrift>,
 }
 
 /// Publishes every outbox message older than `min_age` that is not marked sent and is due,
@@ -69,19 +82,33 @@ pub async fn relay_outbox(
             return Ok(report);
         }
         let messages: Vec<_> = events.iter().map(|e| publisher.outgoing(e)).collect();
-        let outcomes = publisher.broker().publish_each(&messages).await?;
+        let outcomes = match publisher.broker().publish_each(&messages).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                record(Metric::PublishFailures, locked as f64);
+                return Err(e.into());
+            }
+        };
         let mut confirmed = Vec::new();
         let mut refused = unreadable;
         let mut outage = None;
+        let mut unconfirmed = 0;
         for (event, outcome) in events.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => confirmed.push(event.message_id),
                 Err(e) if e.is_refusal_of_message() => {
                     refused.push((event.message_id, e.to_string()))
                 }
-                Err(e) => outage = Some(e),
+                Err(e) => {
+                    unconfirmed += 1;
+                    outage = Some(e);
+                }
             }
         }
+        record(
+            Metric::PublishFailures,
+            (refused.len() + unconfirmed) as f64,
+        );
         store::mark_published_with(&tx, &confirmed).await?;
         store::record_publish_failures(&tx, &refused).await?;
         tx.commit().await.map_err(StoreError::from)?;
@@ -101,9 +128,113 @@ pub async fn relay_outbox(
 }
 
 /// The relay's scheduled run: publish what is left, announce again the orders that did not
-/// settle (their event may be lost), then prune published rows past the retention and
-/// forget expired idempotency keys.
+/// settle (their event may be lost), prune published rows past the retention and forget
+/// expired idempotency keys; then measure the system's health (metrics): the outbox
+/// backlog, unsettled orders, the depths of `orders` and `orders.dlq`, and stock drift.
+///
+/// The health is measured whatever became of the work, since a backlog matters most when
+/// publishing fails; only a dependency the work found away is not asked again.
 pub async fn relay_once(relay: &OutboxRelay) -> Result<RelayReport, RelayError> {
+    let work = publish_and_tidy(relay).await;
+    let database_away = matches!(&work, Err(RelayError::Store(e)) if e.is_unavailable());
+    let broker_away = matches!(&work, Err(RelayError::Broker(e)) if e.is_outage());
+    if !broker_away {
+        measure_queues(relay.publisher.broker()).await;
+    }
+    let stock_drift = if database_away {
+        Vec::new()
+    } else {
+        measure_database(relay).await
+    };
+    let mut report = work?;
+    report.stock_drift = stock_drift;
+    Ok(report)
+}
+
+/// `QueueDepth` of `orders` and `orders.dlq`, and `ParkedMessages`.
+async fn measure_queues(broker: &Broker) {
+    let topology = Topology::new(broker.config());
+    for (name, queue) in [
+        ("orders", &topology.queue),
+        ("orders.dlq", &topology.dead_letter_queue),
+    ] {
+        match queue_depth(broker, queue).await {
+            Ok(depth) => {
+                record_by(SplitMetric::QueueDepth, name, f64::from(depth));
+                if queue == &topology.dead_letter_queue {
+                    record(Metric::ParkedMessages, f64::from(depth));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %queue, error = %error_chain(&e), "queue depth not measured")
+            }
+        }
+    }
+}
+
+/// Messages ready in `queue`, by a passive declare (which changes nothing).
+async fn queue_depth(broker: &Broker, queue: &str) -> Result<u32, BrokerError> {
+    let channel = broker.channel().await?;
+    let declared = tokio::time::timeout(
+        QUEUE_DEPTH_TIMEOUT,
+        channel.queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .map_err(|_| BrokerError::Timeout(QUEUE_DEPTH_TIMEOUT))?
+    .map_err(BrokerError::Refused)?;
+    Ok(declared.message_count())
+}
+
+/// `OldestUnpublishedAge`, `UnsettledOrders` and `StockDrift`; the drifting products are
+/// logged, each with its ledger and stored figures, and returned.
+async fn measure_database(relay: &OutboxRelay) -> Vec<StockDrift> {
+    match store::backlog(&relay.pool, relay.unsettled_after).await {
+        Ok(backlog) => {
+            record(Metric::OldestUnpublishedAge, backlog.oldest_unpublished_age);
+            record(Metric::UnsettledOrders, backlog.unsettled_orders as f64);
+        }
+        Err(e) => tracing::warn!(error = %error_chain(&e), "outbox backlog not measured"),
+    }
+    match store::check_stock(&relay.pool, STOCK_CHECK_PRODUCTS).await {
+        Ok(Some(check)) => {
+            for drift in &check.drifting {
+                tracing::error!(
+                    product = %drift.product_id,
+                    ledger_inventory = drift.ledger_inventory,
+                    ledger_reserved = drift.ledger_reserved,
+                    stored_inventory = drift.stored_inventory,
+                    stored_reserved = drift.stored_reserved,
+                    "stock does not add up to its ledger"
+                );
+            }
+            record(Metric::StockDrift, check.drifting.len() as f64);
+            tracing::info!(
+                checked = check.checked,
+                drifting = check.drifting.len(),
+                watermark = check.watermark,
+                "stock checked"
+            );
+            check.drifting
+        }
+        Ok(None) => {
+            tracing::info!("another relay run is checking the stock");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "stock not checked");
+            Vec::new()
+        }
+    }
+}
+
+async fn publish_and_tidy(relay: &OutboxRelay) -> Result<RelayReport, RelayError> {
     let mut report = relay_outbox(&relay.pool, &relay.publisher, relay.min_age).await?;
     let announced =
         store::reannounce_unsettled(&relay.pool, relay.unsettled_after, RELAY_PAGE).await?;
@@ -118,7 +249,15 @@ pub async fn relay_once(relay: &OutboxRelay) -> Result<RelayReport, RelayError> 
             .iter()
             .map(|e| relay.publisher.outgoing(e))
             .collect();
-        let outcomes = relay.publisher.broker().publish_each(&messages).await?;
+        let outcomes = match relay.publisher.broker().publish_each(&messages).await {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                record(Metric::PublishFailures, messages.len() as f64);
+                return Err(e.into());
+            }
+        };
+        let failed = outcomes.iter().filter(|outcome| outcome.is_err()).count();
+        record(Metric::PublishFailures, failed as f64);
         let confirmed: Vec<uuid::Uuid> = announced
             .iter()
             .zip(outcomes)

@@ -1,6 +1,7 @@
 //! PostgreSQL access: one function per use case, each one transaction (or one atomic
 //! statement). Functions take a pool or a client so tests and handlers call them alike.
 
+mod health;
 mod orders;
 mod outbox;
 mod page;
@@ -8,6 +9,7 @@ mod processing;
 mod products;
 mod sql;
 
+pub use health::{backlog, check_stock, Backlog, StockCheck, StockDrift};
 pub use orders::{
     create_order, explain_list_orders, get_order, list_orders, update_order_status,
     CreateOrderOutcome, NewOrder, OrderFilter, OrderIdempotency,
