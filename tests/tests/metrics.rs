@@ -394,7 +394,7 @@ async fn stock_drift_is_zero_when_the_ledger_adds_up_and_names_a_product_changed
     h.db.client()
         .await
         .batch_execute(&format!(
-            "UPDATE products SET inventory = inventory + 3 WHERE id = '{bad}'"
+            "UPDATE stock_buckets SET inventory = inventory + 3 WHERE product_id = '{bad}' AND bucket = 0"
         ))
         .await
         .unwrap();
