@@ -115,44 +115,37 @@ impl TestDb {
     /// Checks INVARIANTS.md 1, 4 and 6 on the stored state: stock bounds, one stock path per
     /// order, and a ledger that adds up to every product's inventory and reserved.
     pub async fn assert_always_invariants(&self) {
-        let client = self.client().await;
         // Per bucket (the CHECKs' rows) and per product (the totals clients see).
-        let bad_bounds = client
-            .query_one(
+        let bad_bounds = self
+            .scalar(
                 "SELECT (SELECT count(*) FROM stock_buckets
                          WHERE NOT (0 <= reserved AND reserved <= inventory))
                       + (SELECT count(*) FROM product_stock
                          WHERE NOT (0 <= reserved AND reserved <= inventory))",
-                &[],
             )
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
+            .await;
         assert_eq!(
             bad_bounds, 0,
             "a bucket or product has reserved outside 0..=inventory"
         );
-        let ledger_mismatch = client
-            .query_one(
+        let ledger_mismatch = self
+            .scalar(
                 "SELECT count(*) FROM products p
                  LEFT JOIN product_stock s ON s.product_id = p.id
                  LEFT JOIN (SELECT product_id, sum(inventory_delta) AS inv, sum(reserved_delta) AS res
                             FROM inventory_ledger GROUP BY product_id) l ON l.product_id = p.id
                  WHERE coalesce(l.inv, 0) <> coalesce(s.inventory, 0)
                     OR coalesce(l.res, 0) <> coalesce(s.reserved, 0)",
-                &[],
             )
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
+            .await;
         assert_eq!(
             ledger_mismatch, 0,
             "the ledger does not add up to a product's stock"
         );
         // INVARIANTS.md 8: a holding is exactly the held units of the customer's orders
         // whose stock is not released (the release gives them back in its transaction).
-        let holdings_mismatch = client
-            .query_one(
+        let holdings_mismatch = self
+            .scalar(
                 "SELECT count(*) FROM customer_holdings h
                  FULL JOIN (SELECT i.product_id, o.customer_id, sum(i.quantity) AS q
                             FROM order_items i JOIN orders o ON o.id = i.order_id
@@ -160,26 +153,20 @@ impl TestDb {
                             GROUP BY i.product_id, o.customer_id) u
                    ON u.product_id = h.product_id AND u.customer_id = h.customer_id
                  WHERE coalesce(h.held, 0) <> coalesce(u.q, 0)",
-                &[],
             )
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
+            .await;
         assert_eq!(
             holdings_mismatch, 0,
             "a customer's holding differs from the held units of their open orders"
         );
-        let doubled = client
-            .query_one(
+        let doubled = self
+            .scalar(
                 "SELECT count(*) FROM (
                      SELECT order_id FROM inventory_ledger WHERE reason IN ('commit', 'release')
                      GROUP BY order_id, product_id HAVING count(*) > 1
                  ) d",
-                &[],
             )
-            .await
-            .unwrap()
-            .get::<_, i64>(0);
+            .await;
         assert_eq!(
             doubled, 0,
             "an order's stock was committed or released more than once"
