@@ -24,67 +24,20 @@ pub struct Product {
     pub updated_at: DateTime<Utc>,
 }
 
-/// How many independently locked parts a product's stock is spread over (API.md, "Flash
-/// sales"): 1–64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct StockBuckets(u8);
+bounded_count! {
+    /// How many independently locked parts a product's stock is spread over (API.md, "Flash
+    /// sales"): 1–64.
+    StockBuckets(u8), max = 64, rule = "must be an integer between 1 and 64"
+}
 
 impl StockBuckets {
     pub const ONE: StockBuckets = StockBuckets(1);
-    pub const MAX: u8 = 64;
-    const RULE: &'static str = "must be an integer between 1 and 64";
-
-    /// Parses the literal of a JSON number.
-    pub fn parse_number(literal: &str) -> Result<Self, &'static str> {
-        let value: i64 = literal.parse().map_err(|_| Self::RULE)?;
-        Self::try_from(value)
-    }
-
-    pub fn get(self) -> u8 {
-        self.0
-    }
 }
 
-impl TryFrom<i64> for StockBuckets {
-    type Error = &'static str;
-    fn try_from(value: i64) -> Result<Self, Self::Error> {
-        if (1..=i64::from(Self::MAX)).contains(&value) {
-            Ok(Self(value as u8))
-        } else {
-            Err(Self::RULE)
-        }
-    }
-}
-
-/// The most units of one product a customer may hold in orders that are not cancelled or
-/// rejected (`maxPerCustomer`): 1–10,000.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct PerCustomerLimit(u16);
-
-impl PerCustomerLimit {
-    pub const MAX: u16 = 10_000;
-    const RULE: &'static str = "must be null or an integer between 1 and 10000";
-
-    /// Parses the literal of a JSON number.
-    pub fn parse_number(literal: &str) -> Result<Self, &'static str> {
-        let value: i64 = literal.parse().map_err(|_| Self::RULE)?;
-        Self::try_from(value)
-    }
-
-    pub fn get(self) -> u16 {
-        self.0
-    }
-}
-
-impl TryFrom<i64> for PerCustomerLimit {
-    type Error = &'static str;
-    fn try_from(value: i64) -> Result<Self, Self::Error> {
-        if (1..=i64::from(Self::MAX)).contains(&value) {
-            Ok(Self(value as u16))
-        } else {
-            Err(Self::RULE)
-        }
-    }
+bounded_count! {
+    /// The most units of one product a customer may hold in orders that are not cancelled
+    /// or rejected (`maxPerCustomer`): 1–10,000.
+    PerCustomerLimit(u16), max = 10_000, rule = "must be null or an integer between 1 and 10000"
 }
 
 /// A non-zero change of stock on hand, as an inventory adjustment asks for.
