@@ -445,8 +445,9 @@ where
 /// Orders both databases hold before the first point (see [`seed::history`]).
 const HISTORY_ORDERS: i64 = 100_000;
 
-pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration) -> Section {
-    wait_until_quiet("create-order", 15.0, quiet_wait).await;
+/// What both create-order parts measure on: a broker, our database and the limit's, both
+/// seeded alike as a shop in use, and the limit's runner (its files under `name`).
+async fn fixture(name: &str) -> (TestBroker, TestDb, TestDb, Limit) {
     let broker = TestBroker::new().await;
     let ours_db = TestDb::with_pool_size(2).await;
     let limit_db = TestDb::with_pool_size(2).await;
@@ -456,11 +457,17 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
     }
     let limit = match find_pgbench() {
         Some(program) => {
-            let dir = std::env::temp_dir().join(format!("bench-pgbench-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
             Limit::Pgbench { program, dir }
         }
         None => Limit::Loop,
     };
+    (broker, ours_db, limit_db, limit)
+}
+
+pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration) -> Section {
+    wait_until_quiet("create-order", 15.0, quiet_wait).await;
+    let (broker, ours_db, limit_db, limit) = fixture("bench-pgbench").await;
     eprintln!("[create-order] limit: {}", limit.name());
 
     let mut points = Vec::new();
@@ -772,20 +779,7 @@ pub async fn flash_sale(
     quiet_wait: Duration,
 ) -> Section {
     wait_until_quiet("flash-sale", 15.0, quiet_wait).await;
-    let broker = TestBroker::new().await;
-    let ours_db = TestDb::with_pool_size(2).await;
-    let limit_db = TestDb::with_pool_size(2).await;
-    for db in [&ours_db, &limit_db] {
-        seed::products(&db.owner).await;
-        seed::history(&db.owner, HISTORY_ORDERS).await;
-    }
-    let limit = match find_pgbench() {
-        Some(program) => {
-            let dir = std::env::temp_dir().join(format!("bench-flash-{}", std::process::id()));
-            Limit::Pgbench { program, dir }
-        }
-        None => Limit::Loop,
-    };
+    let (broker, ours_db, limit_db, limit) = fixture("bench-flash").await;
     let point = Settings {
         duration: settings.duration / 2,
         warmup: settings.warmup,
