@@ -234,14 +234,8 @@ impl Processor {
         commands: &[(usize, (OrderId, OrderCommand, String))],
         dispositions: &mut [Disposition],
     ) {
-        // Each command once: the store judges a second copy against the state the first
-        // just made, which would report the command as applied before.
-        let mut distinct = HashSet::new();
-        let all: Vec<(OrderId, OrderCommand, String)> = commands
-            .iter()
-            .filter(|(_, (order, command, _))| distinct.insert((*order, *command)))
-            .map(|(_, c)| c.clone())
-            .collect();
+        let all: Vec<(OrderId, OrderCommand, String)> =
+            commands.iter().map(|(_, c)| c.clone()).collect();
         match self.apply_and_publish(&all).await {
             Ok(outcomes) => {
                 // Copies of one command in a batch: the first made the effect, the rest are

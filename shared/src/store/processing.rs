@@ -214,14 +214,15 @@ pub async fn apply_order_commands(
                 OrderCommand::Process => false,
                 OrderCommand::CommitStock | OrderCommand::ReleaseStock => false,
             };
-            batch.outcomes.insert(
-                (*order_id, *command),
-                if applied {
-                    CommandOutcome::Applied
-                } else {
-                    CommandOutcome::AlreadyApplied
-                },
-            );
+            // A copy of a command in the same batch meets the state its first made: it
+            // must not turn that first one's "applied" into "applied before".
+            let outcome = batch
+                .outcomes
+                .entry((*order_id, *command))
+                .or_insert(CommandOutcome::AlreadyApplied);
+            if applied {
+                *outcome = CommandOutcome::Applied;
+            }
         }
         // The stock path follows the (possibly just changed) status, only from `reserved`,
         // and only when a message asked for it or the processor itself rejected the order.
