@@ -617,3 +617,87 @@ async fn orders_flow_through_a_topology_of_quorum_queues() {
     assert_eq!(parked.len(), 1);
     h.db.assert_always_invariants().await;
 }
+
+/// A batch large enough to be applied as several transactions at once (one per connection,
+/// each on its own orders): copies of a message land in the same part, a part that fails is
+/// applied message by message without holding the others back, and every effect happens once.
+#[tokio::test]
+async fn a_large_batch_applied_in_parts_applies_each_effect_once() {
+    let h = Harness::new().await;
+    let products = [
+        h.api.product("1.00", 1_000).await,
+        h.api.product("2.00", 1_000).await,
+    ];
+    let mut orders = Vec::new();
+    for i in 0..250 {
+        orders.push(id(&h
+            .api
+            .order(&[(&products[i % 2], 1 + i as u32 % 3)])
+            .await));
+    }
+    h.broker.drain(&h.broker.topology.queue).await;
+    let bad = orders[137].clone();
+    h.db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.id = '{bad}' THEN RAISE EXCEPTION 'this order breaks'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_one BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION refuse_one();"
+        ))
+        .await
+        .unwrap();
+    // Every order's event twice, the copies far apart in the batch.
+    let once: Vec<EventMessage> = orders
+        .iter()
+        .map(|order| EventMessage::order_event("order.created", order, "pending"))
+        .collect();
+    let batch: Vec<EventMessage> = once.iter().chain(once.iter().rev()).cloned().collect();
+    let summary = h.handle(&batch).await;
+    assert_eq!(
+        (
+            summary.applied,
+            summary.unchanged,
+            summary.retried,
+            summary.parked
+        ),
+        (249, 249, 2, 0),
+        "{summary:?}"
+    );
+    assert_eq!(h.order_status(&bad).await, "pending");
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM orders WHERE status = 'processed'")
+            .await,
+        249
+    );
+    assert_eq!(
+        h.db.scalar("SELECT count(*) FROM order_status_history WHERE status = 'processed'")
+            .await,
+        249,
+        "one status change each"
+    );
+
+    h.db.client()
+        .await
+        .batch_execute("DROP TRIGGER refuse_one ON orders")
+        .await
+        .unwrap();
+    let again = h.handle(&batch).await;
+    assert_eq!(
+        (again.applied, again.unchanged, again.retried),
+        (1, 499, 0),
+        "{again:?}"
+    );
+    assert_eq!(
+        h.db.scalar(
+            "SELECT count(*) FROM outbox WHERE routing_key = 'order.status_changed.processed'"
+        )
+        .await,
+        250,
+        "one event per order"
+    );
+    h.db.assert_always_invariants().await;
+    h.db.assert_reserved_matches_open_orders().await;
+}

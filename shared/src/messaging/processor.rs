@@ -116,6 +116,9 @@ struct AmazonMqProperties {
     kind: Option<String>,
 }
 
+/// A message's command, with the message's place in the batch.
+type IndexedCommand = (usize, (OrderId, OrderCommand, String));
+
 /// One message of the batch, decoded as far as it goes.
 struct Incoming {
     message: AmazonMqMessage,
@@ -196,7 +199,7 @@ impl Processor {
                 Ok(Some(_)) => Disposition::Unchanged,
             })
             .collect();
-        let commands: Vec<(usize, (OrderId, OrderCommand, String))> = incoming
+        let commands: Vec<IndexedCommand> = incoming
             .iter()
             .enumerate()
             .filter_map(|(i, m)| m.decoded.clone().ok().flatten().map(|c| (i, c)))
@@ -225,50 +228,59 @@ impl Processor {
         Ok(summary)
     }
 
-    /// Applies the commands as one set-based transaction. If that fails for a reason that is
-    /// not the database being away, one message may be to blame: each is then applied on
-    /// its own, so a bad one fails alone and the good ones still go through.
+    /// Applies the commands as set-based transactions, one per part of the batch, the parts
+    /// run together on the pool's connections (see [`parts`]). If a part fails for a reason
+    /// that is not the database being away, one of its messages may be to blame: each is
+    /// then applied on its own, so a bad one fails alone and the good ones still go through.
     async fn apply(
         &self,
         incoming: &[Incoming],
-        commands: &[(usize, (OrderId, OrderCommand, String))],
+        commands: &[IndexedCommand],
         dispositions: &mut [Disposition],
     ) {
-        let all: Vec<(OrderId, OrderCommand, String)> =
-            commands.iter().map(|(_, c)| c.clone()).collect();
-        match self.apply_and_publish(&all).await {
-            Ok(outcomes) => {
-                // Copies of one command in a batch: the first made the effect, the rest are
-                // duplicates of it.
-                let mut seen = HashSet::new();
-                for (index, (order, command, _)) in commands {
-                    let outcome = match disposition(outcomes.get(&(*order, *command)).copied()) {
-                        Disposition::Applied if !seen.insert((*order, *command)) => {
-                            Disposition::Unchanged
-                        }
-                        other => other,
-                    };
-                    // The batch was one statement: each message still gets its line, in
-                    // its own span.
-                    incoming[*index]
-                        .span()
-                        .in_scope(|| log_outcome(*order, *command, &outcome));
-                    dispositions[*index] = outcome;
+        let parts = parts(commands, self.pool.status().max_size);
+        let results = futures_util::future::join_all(parts.iter().map(|part| async move {
+            let all: Vec<(OrderId, OrderCommand, String)> =
+                part.iter().map(|(_, command)| command.clone()).collect();
+            self.apply_and_publish(&all).await
+        }))
+        .await;
+        for (part, result) in parts.iter().zip(results) {
+            match result {
+                Ok(outcomes) => {
+                    // Copies of one command in a batch (always in one part): the first made
+                    // the effect, the rest are duplicates of it.
+                    let mut seen = HashSet::new();
+                    for (index, (order, command, _)) in part.iter().copied() {
+                        let outcome = match disposition(outcomes.get(&(*order, *command)).copied())
+                        {
+                            Disposition::Applied if !seen.insert((*order, *command)) => {
+                                Disposition::Unchanged
+                            }
+                            other => other,
+                        };
+                        // The part was one statement: each message still gets its line, in
+                        // its own span.
+                        incoming[*index]
+                            .span()
+                            .in_scope(|| log_outcome(*order, *command, &outcome));
+                        dispositions[*index] = outcome;
+                    }
                 }
-            }
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
-                for (index, _) in commands {
-                    dispositions[*index] = Disposition::Wait("database unavailable".into());
+                Err(e) if e.is_unavailable() => {
+                    tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
+                    for (index, _) in part.iter().copied() {
+                        dispositions[*index] = Disposition::Wait("database unavailable".into());
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %error_chain(&e), "batch failed; applying its messages one by one");
-                for (index, command) in commands {
-                    dispositions[*index] = self
-                        .apply_one(command)
-                        .instrument(incoming[*index].span())
-                        .await;
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), "batch failed; applying its messages one by one");
+                    for (index, command) in part.iter().copied() {
+                        dispositions[*index] = self
+                            .apply_one(command)
+                            .instrument(incoming[*index].span())
+                            .await;
+                    }
                 }
             }
         }
@@ -281,7 +293,7 @@ impl Processor {
     async fn apply_guarded(
         &self,
         incoming: &[Incoming],
-        commands: &[(usize, (OrderId, OrderCommand, String))],
+        commands: &[IndexedCommand],
         dispositions: &mut [Disposition],
     ) {
         for (index, command) in commands {
@@ -447,6 +459,39 @@ fn disposition(outcome: Option<CommandOutcome>) -> Disposition {
         Some(CommandOutcome::AlreadyApplied) => Disposition::Unchanged,
         Some(CommandOutcome::UnknownOrder) | None => Disposition::Retry("unknown order".into()),
     }
+}
+
+/// Below this many messages a batch is one transaction: another commit costs more than
+/// the parallelism gains.
+const MIN_PART: usize = 200;
+
+/// Splits a batch's commands into at most `connections` parts of whole orders, to be
+/// applied as that many transactions at once. One transaction uses one database core and
+/// leaves this function idle while it runs; parts keep both busy, each part's client work
+/// (its rows read, its statement built, its events sent) running while another part's
+/// statements execute. Every command of an order is in the same part, so parts never lock
+/// the same order; the products and buckets a part locks it takes in id order, as every
+/// transaction does, so parts can wait for each other but never deadlock.
+fn parts(commands: &[IndexedCommand], connections: usize) -> Vec<Vec<&IndexedCommand>> {
+    let mut sorted: Vec<_> = commands.iter().collect();
+    sorted.sort_by_key(|(_, (order, _, _))| *order);
+    let count = connections.min(commands.len() / MIN_PART).max(1);
+    let target = sorted.len().div_ceil(count);
+    let mut parts: Vec<Vec<_>> = Vec::with_capacity(count);
+    let mut current = Vec::with_capacity(target);
+    for command in sorted {
+        let same_order = current
+            .last()
+            .is_some_and(|last: &&(usize, (OrderId, _, _))| last.1 .0 == command.1 .0);
+        if current.len() >= target && !same_order {
+            parts.push(std::mem::take(&mut current));
+        }
+        current.push(command);
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    parts
 }
 
 fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
@@ -657,6 +702,51 @@ mod tests {
             command_of(created.as_bytes()),
             Ok(Some((_, OrderCommand::Process, _)))
         ));
+    }
+
+    #[test]
+    fn a_batch_is_split_into_parts_of_whole_orders() {
+        let orders: Vec<OrderId> = (0..300)
+            .map(|_| OrderId::from_uuid(uuid::Uuid::now_v7()))
+            .collect();
+        // 1,000 commands over 300 orders, the copies of an order scattered through the batch.
+        let commands: Vec<IndexedCommand> = (0..1_000)
+            .map(|i| {
+                (
+                    i,
+                    (orders[(i * 7) % 300], OrderCommand::Process, String::new()),
+                )
+            })
+            .collect();
+        let split = parts(&commands, 2);
+        assert_eq!(split.len(), 2);
+        assert_eq!(split.iter().map(Vec::len).sum::<usize>(), 1_000);
+        let mut indexes: Vec<usize> = split.iter().flatten().map(|(i, _)| *i).collect();
+        indexes.sort_unstable();
+        assert_eq!(
+            indexes,
+            (0..1_000).collect::<Vec<_>>(),
+            "every command exactly once"
+        );
+        let orders_of = |part: &Vec<&IndexedCommand>| {
+            part.iter()
+                .map(|(_, (order, _, _))| *order)
+                .collect::<HashSet<_>>()
+        };
+        assert!(
+            orders_of(&split[0]).is_disjoint(&orders_of(&split[1])),
+            "an order's commands all in one part"
+        );
+        assert!(
+            split.iter().all(|part| part.len() >= 400),
+            "parts about even: {:?}",
+            split.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        // Small batches stay one transaction; one connection means one part.
+        assert_eq!(parts(&commands[..MIN_PART * 2 - 1], 4).len(), 1);
+        assert_eq!(parts(&commands, 1).len(), 1);
+        assert_eq!(parts(&commands, 8).len(), 5);
+        assert!(parts(&[], 2).is_empty());
     }
 
     #[test]

@@ -579,7 +579,7 @@ async fn run_placement(
             param(&placement.new.customer_id.as_ref().map(CustomerId::as_str)),
             param(&placement.event.message_id),
             param(&placement.event.routing_key()),
-            param(&Json(placement.event.to_json())),
+            param(&Json(&placement.event)),
             param(&sent.ids()),
             param(&placement.by),
         ],
@@ -929,7 +929,7 @@ pub async fn update_order_status(
         id.as_uuid(),
         to.as_str(),
         event.routing_key(),
-        Json(event.to_json()),
+        Json(&event),
         caller.subject(),
     );
     let change_params = params![

@@ -282,8 +282,7 @@ pub async fn reannounce_unsettled(
     if !events.is_empty() {
         let ids: Vec<Uuid> = events.iter().map(|e| e.message_id).collect();
         let keys: Vec<String> = events.iter().map(OrderEvent::routing_key).collect();
-        let payloads: Vec<Json<serde_json::Value>> =
-            events.iter().map(|e| Json(e.to_json())).collect();
+        let payloads: Vec<Json<&OrderEvent>> = events.iter().map(Json).collect();
         execute(
             &tx,
             "INSERT INTO outbox (message_id, routing_key, payload)

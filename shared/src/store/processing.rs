@@ -335,8 +335,7 @@ pub async fn apply_order_commands(
         }
         let message_ids: Vec<Uuid> = batch.events.iter().map(|e| e.message_id).collect();
         let routing_keys: Vec<String> = batch.events.iter().map(OrderEvent::routing_key).collect();
-        let payloads: Vec<Json<serde_json::Value>> =
-            batch.events.iter().map(|e| Json(e.to_json())).collect();
+        let payloads: Vec<Json<&OrderEvent>> = batch.events.iter().map(Json).collect();
         execute(
             &tx,
             "WITH changes AS (
