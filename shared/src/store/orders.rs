@@ -81,7 +81,7 @@ pub async fn create_order(
     let placement = Placement::new(new, creator.subject(), correlation_id);
     for _ in 0..PLACE_ATTEMPTS {
         let attempt = match idempotency {
-            None => place_order(&client, &placement, sent)
+            None => place_order(&client, &placement, sent, Statements::OwnTransactions)
                 .await?
                 .map(|order| placement.created(order))
                 .transpose()?,
@@ -176,7 +176,7 @@ async fn create_with_key(
             body: row.try_get("response_body")?,
         }));
     }
-    let Some(order) = place_order(&tx, placement, sent).await? else {
+    let Some(order) = place_order(&tx, placement, sent, Statements::OneTransaction).await? else {
         tx.rollback().await?;
         return Ok(None);
     };
@@ -229,51 +229,11 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// How an order takes stock from bucketed products (migration V12), and why it cannot
-/// deadlock or oversell.
-///
-/// A one-line order (the common case, and all of a flash sale's load) runs [`PLACE_ONE_LINE`]:
-/// it reserves the whole line from one bucket that has enough, taking the first such bucket
-/// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits). When every
-/// such bucket is held or none has enough, or for several lines, the order runs
-/// [`PLACE_LINES`], which locks every bucket of its products in
-/// `(product_id, bucket)` order, judges each line on the product's total available, and takes
-/// a line from as many buckets as it needs, in bucket order.
-///
-/// No deadlock: [`PLACE_ONE_LINE`] never waits for a bucket (`SKIP LOCKED`; a bucket it
-/// locked whose recheck failed stays locked, so it must not wait for another: an earlier
-/// version that waited for a random bucket when all were held deadlocked under 400
-/// concurrent orders). [`PLACE_LINES`] takes every bucket lock in the one global order
-/// `(product_id, bucket)`, the order every statement that locks several buckets uses
-/// (adjustments, rebucketing, the processor). On a single-bucket product under contention
-/// the one-line statement finds its bucket held and the order waits in [`PLACE_LINES`]: one
-/// more round trip than when the row lock was waited for in place. Customer holdings are locked only after all of a
-/// statement's buckets, in product order, and the processor locks them last too.
-///
-/// No oversell, no stale refusal: under read committed a bucket locked after waiting is read
-/// in its latest committed version, so each line is judged on what is there now, and the
-/// CHECKs on every bucket stay the backstop. A statement's older snapshot can still hide
-/// stock added since it began (the `UPDATE`'s condition is first checked on the snapshot's
-/// version) or a holding raised since (the upsert's guard): the statement then raises
-/// `OM001` (`stock_moved_under_lock`, migration V2), undoing itself, and runs again. A
-/// refusal is explained by a fresh read of the totals ([`STOCK_SQL`]); when that read shows
-/// the order placeable (a rebucketing inserted buckets the statement could not see), it runs
-/// again instead of refusing.
-///
-/// `maxPerCustomer` is atomic with the reservation: the holding is raised in the same
-/// statement, under its row lock, with the guard `held + q <= limit`; a customer's concurrent
-/// orders queue on that one row. The product is read `FOR KEY SHARE` (the lock the foreign
-/// keys of the new rows take anyway), which conflicts with no update of its price or cap:
-/// an order takes the price and cap of its statement's snapshot, even when it then waits
-/// for a bucket while the product is repriced (before buckets, a waiting order took the
-/// new price, because it waited on the product row itself).
-///
-/// Both statements read their arrays through sub-selects, so that no estimate depends on
-/// the values: a custom plan then never looks cheaper than the generic one and PostgreSQL
-/// stops planning the many-CTE statement after five calls. With `= ANY($9)` an empty list of
-/// events to mark made every custom plan look cheaper, and each call spent more CPU planning
-/// than running (17 % of a backend's time in `perf`).
-const PLACE_ONE_LINE: &str = "WITH product AS (
+/// The one-line placement statement around `$pick`, the CTE `picked` choosing the bucket.
+macro_rules! place_one_line {
+    ($pick:literal) => {
+        concat!(
+            "WITH product AS (
          SELECT p.price, p.currency, p.max_per_customer,
                 $5::text IS NOT NULL AND p.max_per_customer IS NOT NULL AS capped,
                 coalesce((SELECT h.held FROM customer_holdings h
@@ -282,15 +242,11 @@ const PLACE_ONE_LINE: &str = "WITH product AS (
          FOR KEY SHARE
      ), allowed AS (
          SELECT 1 FROM product WHERE NOT capped OR held + $3::int <= max_per_customer
-     ), skipped AS (
-         SELECT b.bucket FROM stock_buckets b
-         WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
-           AND EXISTS (SELECT 1 FROM allowed)
-         ORDER BY random() LIMIT 1
-         FOR UPDATE SKIP LOCKED
-     ), reserve AS (
+",
+            $pick,
+            "     ), reserve AS (
          UPDATE stock_buckets b SET reserved = b.reserved + $3::int
-         FROM skipped c
+         FROM picked c
          WHERE b.product_id = $2::uuid AND b.bucket = c.bucket AND b.inventory - b.reserved >= $3::int
          RETURNING b.bucket
      ), hold AS (
@@ -320,7 +276,91 @@ const PLACE_ONE_LINE: &str = "WITH product AS (
      )
      SELECT $2::uuid AS id, price, currency, now() AS at,
             CASE WHEN capped AND NOT EXISTS (SELECT 1 FROM hold) THEN stock_moved_under_lock() END AS moved
-     FROM reserve, product";
+     FROM reserve, product"
+        )
+    };
+}
+
+/// How an order takes stock from bucketed products (migration V12), and why it cannot
+/// deadlock or oversell.
+///
+/// A one-line order (the common case, and all of a flash sale's load) runs [`PLACE_ONE_LINE`]:
+/// it reserves the whole line from one bucket that has enough, taking the first such bucket
+/// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits). When every
+/// such bucket is held (more buyers at once than buckets), the order waits for one of them,
+/// chosen at random ([`PLACE_ONE_LINE_WAITING`], as a statement of its own). When none has
+/// enough, or for several lines, the order runs
+/// [`PLACE_LINES`], which locks every bucket of its products in
+/// `(product_id, bucket)` order, judges each line on the product's total available, and takes
+/// a line from as many buckets as it needs, in bucket order.
+///
+/// No deadlock: [`PLACE_ONE_LINE`] never waits for a bucket (`SKIP LOCKED`; a bucket it
+/// locked whose recheck failed stays locked, so it must not wait for another: an earlier
+/// version that waited for a random bucket when all were held deadlocked under 400
+/// concurrent orders). [`PLACE_ONE_LINE_WAITING`] waits for one bucket while holding none:
+/// it runs in a transaction of its own, after the skipping statement's has ended, and
+/// visits a single bucket. With an idempotency key the statements share the key's
+/// transaction, so that order goes straight to [`PLACE_LINES`] instead.
+///
+/// Why the wait matters: when every bucket was held, an order used to go to [`PLACE_LINES`]
+/// and lock all k buckets, so with more buyers than buckets each order queued behind every
+/// other and a bucketed product sold no faster than one row (the flash-sale bench, 8
+/// buckets: 2,044 orders/s at 8 clients, 618/s at 32). [`PLACE_LINES`] takes every bucket lock in the one global order
+/// `(product_id, bucket)`, the order every statement that locks several buckets uses
+/// (adjustments, rebucketing, the processor). On a single-bucket product under contention
+/// the one-line statement finds its bucket held and the order waits in [`PLACE_LINES`]: one
+/// more round trip than when the row lock was waited for in place. Customer holdings are locked only after all of a
+/// statement's buckets, in product order, and the processor locks them last too.
+///
+/// No oversell, no stale refusal: under read committed a bucket locked after waiting is read
+/// in its latest committed version, so each line is judged on what is there now, and the
+/// CHECKs on every bucket stay the backstop. A statement's older snapshot can still hide
+/// stock added since it began (the `UPDATE`'s condition is first checked on the snapshot's
+/// version) or a holding raised since (the upsert's guard): the statement then raises
+/// `OM001` (`stock_moved_under_lock`, migration V2), undoing itself, and runs again. A
+/// refusal is explained by a fresh read of the totals ([`STOCK_SQL`]); when that read shows
+/// the order placeable (a rebucketing inserted buckets the statement could not see), it runs
+/// again instead of refusing.
+///
+/// `maxPerCustomer` is atomic with the reservation: the holding is raised in the same
+/// statement, under its row lock, with the guard `held + q <= limit`; a customer's concurrent
+/// orders queue on that one row. The product is read `FOR KEY SHARE` (the lock the foreign
+/// keys of the new rows take anyway), which conflicts with no update of its price or cap:
+/// an order takes the price and cap of its statement's snapshot, even when it then waits
+/// for a bucket while the product is repriced (before buckets, a waiting order took the
+/// new price, because it waited on the product row itself).
+///
+/// Both statements read their arrays through sub-selects, so that no estimate depends on
+/// the values: a custom plan then never looks cheaper than the generic one and PostgreSQL
+/// stops planning the many-CTE statement after five calls. With `= ANY($9)` an empty list of
+/// events to mark made every custom plan look cheaper, and each call spent more CPU planning
+/// than running (17 % of a backend's time in `perf`).
+const PLACE_ONE_LINE: &str = place_one_line!(
+    "     ), picked AS (
+         SELECT b.bucket FROM stock_buckets b
+         WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
+           AND EXISTS (SELECT 1 FROM allowed)
+         ORDER BY random() LIMIT 1
+         FOR UPDATE SKIP LOCKED
+"
+);
+
+/// [`PLACE_ONE_LINE`] when every bucket with enough was held: it picks one of them at random
+/// and waits for that one alone. The pick is made before any lock and the locking scan
+/// visits that bucket only, so the statement holds no lock while it waits, and when the
+/// bucket no longer has enough once it is free the statement takes nothing rather than trying
+/// another. Only run as its own transaction, holding nothing from an earlier statement.
+const PLACE_ONE_LINE_WAITING: &str = place_one_line!(
+    "     ), picked AS (
+         SELECT b.bucket FROM stock_buckets b
+         WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
+           AND b.bucket = (SELECT c.bucket FROM stock_buckets c
+                           WHERE c.product_id = $2::uuid AND c.inventory - c.reserved >= $3::int
+                             AND EXISTS (SELECT 1 FROM allowed)
+                           ORDER BY random() LIMIT 1)
+         FOR UPDATE
+"
+);
 
 /// An order judged on the total of every bucket of its products, locked in
 /// `(product_id, bucket)` order (see [`PLACE_ONE_LINE`]); returns the products' price and
@@ -424,11 +464,23 @@ async fn place_order(
     client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
     sent: &SentMessages,
+    statements: Statements,
 ) -> Result<Option<Order>, StoreError> {
     let new = placement.new;
     let decision = match new.lines.single() {
         Some((product, quantity)) => {
-            match place_one_line(client, placement, sent, product, quantity).await? {
+            let line = OneLine { product, quantity };
+            match place_one_line(client, placement, sent, line, PLACE_ONE_LINE).await? {
+                // Every bucket with enough was held: wait for one, in a transaction that
+                // holds nothing else.
+                Decision::Refused if statements == Statements::OwnTransactions => {
+                    match place_one_line(client, placement, sent, line, PLACE_ONE_LINE_WAITING)
+                        .await?
+                    {
+                        Decision::Refused => place_lines(client, placement, sent).await?,
+                        decided => decided,
+                    }
+                }
                 // No single bucket had enough: judge the line on the product's total.
                 Decision::Refused => place_lines(client, placement, sent).await?,
                 decided => decided,
@@ -488,17 +540,33 @@ fn moved_under_lock(error: &StoreError) -> bool {
         if e.code().is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK))
 }
 
-/// Runs [`PLACE_ONE_LINE`]; `Refused` means only that no single bucket could take the line.
+/// Whether each placement statement commits on its own (no idempotency key) or they all run
+/// in the key's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Statements {
+    OwnTransactions,
+    OneTransaction,
+}
+
+/// The line of a one-line order.
+#[derive(Debug, Clone, Copy)]
+struct OneLine {
+    product: ProductId,
+    quantity: Quantity,
+}
+
+/// Runs [`PLACE_ONE_LINE`] or [`PLACE_ONE_LINE_WAITING`]; `Refused` means only that the
+/// bucket it tried could not take the line.
 async fn place_one_line(
     client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
     sent: &SentMessages,
-    product: ProductId,
-    quantity: Quantity,
+    OneLine { product, quantity }: OneLine,
+    statement: &str,
 ) -> Result<Decision, StoreError> {
     let rows = run_placement(
         client,
-        PLACE_ONE_LINE,
+        statement,
         placement,
         sent,
         param(&product.as_uuid()),
