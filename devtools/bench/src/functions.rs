@@ -148,6 +148,16 @@ fn environment(function: &str, db: &TestDb, broker: &TestBroker) -> Vec<(String,
             .to_owned(),
         ),
         ("DATABASE_MULTIPLEXED", db.multiplexed.to_string()),
+        // As template.yaml sets it: the processor applies a large batch in two parts at once.
+        (
+            "DATABASE_POOL_SIZE",
+            if function == "process-orders" {
+                "2"
+            } else {
+                ""
+            }
+            .to_owned(),
+        ),
         ("AMQP_URL", broker.config.url.clone()),
         ("AMQP_EXCHANGE", broker.config.exchange.clone()),
         ("AMQP_QUEUE_PREFIX", broker.config.queue_prefix.clone()),

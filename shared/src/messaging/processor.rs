@@ -497,7 +497,7 @@ fn parts(commands: &[IndexedCommand], connections: usize) -> Vec<Vec<&IndexedCom
 fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
     let parsed = AmazonMqMessage::deserialize(raw);
     let unreadable = parsed.is_err();
-    let message = parsed.unwrap_or_else(|_| AmazonMqMessage {
+    let mut message = parsed.unwrap_or_else(|_| AmazonMqMessage {
         // Keep what can be kept, so the parked copy still holds the body.
         data: raw.get("data").and_then(Value::as_str).map(str::to_owned),
         ..AmazonMqMessage::default()
@@ -519,8 +519,10 @@ fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
     };
     let previous_attempts = header_count(ATTEMPTS_HEADER);
     let previous_outage_waits = header_count(OUTAGE_WAITS_HEADER);
+    // The base64 text is not needed once decoded: a retried or parked copy carries `body`.
     let body = message
         .data
+        .take()
         .as_deref()
         .map(|data| {
             BASE64
