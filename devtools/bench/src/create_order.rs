@@ -765,7 +765,7 @@ pub async fn run(settings: &Settings, monitor: &ForeignCpu, quiet_wait: Duration
 }
 
 /// Bucket counts the flash-sale part tries on the hot product.
-const FLASH_SALE_BUCKETS: [u8; 5] = [1, 4, 8, 16, 32];
+const FLASH_SALE_BUCKETS: [u8; 6] = [1, 4, 8, 16, 32, 64];
 /// Concurrencies of the flash-sale part (issue 14).
 const FLASH_SALE_CONCURRENCY: [usize; 3] = [8, 32, 64];
 
