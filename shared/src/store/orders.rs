@@ -81,7 +81,7 @@ pub async fn create_order(
     let placement = Placement::new(new, creator.subject(), correlation_id);
     for _ in 0..PLACE_ATTEMPTS {
         let attempt = match idempotency {
-            None => place_order(&client, &placement, sent, Statements::OwnTransactions)
+            None => place_order(&client, &placement, sent)
                 .await?
                 .map(|order| placement.created(order))
                 .transpose()?,
@@ -176,7 +176,7 @@ async fn create_with_key(
             body: row.try_get("response_body")?,
         }));
     }
-    let Some(order) = place_order(&tx, placement, sent, Statements::OneTransaction).await? else {
+    let Some(order) = place_order(&tx, placement, sent).await? else {
         tx.rollback().await?;
         return Ok(None);
     };
@@ -229,67 +229,13 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// The one-line placement statement around `$pick`, the CTE `picked` choosing the bucket.
-macro_rules! place_one_line {
-    ($pick:literal) => {
-        concat!(
-            "WITH product AS (
-         SELECT p.price, p.currency, p.max_per_customer,
-                $5::text IS NOT NULL AND p.max_per_customer IS NOT NULL AS capped,
-                coalesce((SELECT h.held FROM customer_holdings h
-                          WHERE h.product_id = p.id AND h.customer_id = $5::text), 0) AS held
-         FROM products p WHERE p.id = $2::uuid
-         FOR KEY SHARE
-     ), allowed AS (
-         SELECT 1 FROM product WHERE NOT capped OR held + $3::int <= max_per_customer
-",
-            $pick,
-            "     ), reserve AS (
-         UPDATE stock_buckets b SET reserved = b.reserved + $3::int
-         FROM picked c
-         WHERE b.product_id = $2::uuid AND b.bucket = c.bucket AND b.inventory - b.reserved >= $3::int
-         RETURNING b.bucket
-     ), hold AS (
-         INSERT INTO customer_holdings AS h (product_id, customer_id, held)
-         SELECT $2::uuid, $5::text, $3::int FROM reserve, product WHERE product.capped
-         ON CONFLICT (product_id, customer_id) DO UPDATE SET held = h.held + excluded.held
-             WHERE h.held + excluded.held <= (SELECT max_per_customer FROM product)
-         RETURNING true
-     ), new_order AS (
-         INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
-         SELECT $1::uuid, 'pending', currency, $5::text, now(), now() FROM reserve, product
-     ), items AS (
-         INSERT INTO order_items (order_id, product_id, quantity, unit_price, held)
-         SELECT $1::uuid, $2::uuid, $3::int, price, capped FROM reserve, product
-     ), ledger AS (
-         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
-         SELECT $2::uuid, 0, $3::int, 'reserve', $1::uuid, now(), $10::text FROM reserve
-     ), history AS (
-         INSERT INTO order_status_history (order_id, status, at, changed_by)
-         SELECT $1::uuid, 'pending', now(), $10::text FROM reserve
-     ), outbox AS (
-         INSERT INTO outbox (message_id, routing_key, payload, created_at)
-         SELECT $6::uuid, $7::text, $8::jsonb, $4::timestamptz FROM reserve
-     ), marked AS (
-         UPDATE outbox SET published_at = coalesce(published_at, now())
-         WHERE message_id IN (SELECT unnest((SELECT $9::uuid[])))
-     )
-     SELECT $2::uuid AS id, price, currency, now() AS at,
-            CASE WHEN capped AND NOT EXISTS (SELECT 1 FROM hold) THEN stock_moved_under_lock() END AS moved
-     FROM reserve, product"
-        )
-    };
-}
-
 /// How an order takes stock from bucketed products (migration V12), and why it cannot
 /// deadlock or oversell.
 ///
 /// A one-line order (the common case, and all of a flash sale's load) runs [`PLACE_ONE_LINE`]:
 /// it reserves the whole line from one bucket that has enough, taking the first such bucket
 /// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits). When every
-/// such bucket is held (more buyers at once than buckets), the order waits for one of them,
-/// chosen at random ([`PLACE_ONE_LINE_WAITING`], as a statement of its own). When none has
-/// enough, or for several lines, the order runs
+/// such bucket is held or none has enough, or for several lines, the order runs
 /// [`PLACE_LINES`], which locks every bucket of its products in
 /// `(product_id, bucket)` order, judges each line on the product's total available, and takes
 /// a line from as many buckets as it needs, in bucket order.
@@ -297,15 +243,7 @@ macro_rules! place_one_line {
 /// No deadlock: [`PLACE_ONE_LINE`] never waits for a bucket (`SKIP LOCKED`; a bucket it
 /// locked whose recheck failed stays locked, so it must not wait for another: an earlier
 /// version that waited for a random bucket when all were held deadlocked under 400
-/// concurrent orders). [`PLACE_ONE_LINE_WAITING`] waits for one bucket while holding none:
-/// it runs in a transaction of its own, after the skipping statement's has ended, and
-/// visits a single bucket. With an idempotency key the statements share the key's
-/// transaction, so that order goes straight to [`PLACE_LINES`] instead.
-///
-/// Why the wait matters: when every bucket was held, an order used to go to [`PLACE_LINES`]
-/// and lock all k buckets, so with more buyers than buckets each order queued behind every
-/// other and a bucketed product sold no faster than one row (the flash-sale bench, 8
-/// buckets: 2,044 orders/s at 8 clients, 618/s at 32). [`PLACE_LINES`] takes every bucket lock in the one global order
+/// concurrent orders). [`PLACE_LINES`] takes every bucket lock in the one global order
 /// `(product_id, bucket)`, the order every statement that locks several buckets uses
 /// (adjustments, rebucketing, the processor). On a single-bucket product under contention
 /// the one-line statement finds its bucket held and the order waits in [`PLACE_LINES`]: one
@@ -335,32 +273,54 @@ macro_rules! place_one_line {
 /// stops planning the many-CTE statement after five calls. With `= ANY($9)` an empty list of
 /// events to mark made every custom plan look cheaper, and each call spent more CPU planning
 /// than running (17 % of a backend's time in `perf`).
-const PLACE_ONE_LINE: &str = place_one_line!(
-    "     ), picked AS (
+const PLACE_ONE_LINE: &str = "WITH product AS (
+         SELECT p.price, p.currency, p.max_per_customer,
+                $5::text IS NOT NULL AND p.max_per_customer IS NOT NULL AS capped,
+                coalesce((SELECT h.held FROM customer_holdings h
+                          WHERE h.product_id = p.id AND h.customer_id = $5::text), 0) AS held
+         FROM products p WHERE p.id = $2::uuid
+         FOR KEY SHARE
+     ), allowed AS (
+         SELECT 1 FROM product WHERE NOT capped OR held + $3::int <= max_per_customer
+     ), skipped AS (
          SELECT b.bucket FROM stock_buckets b
          WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
            AND EXISTS (SELECT 1 FROM allowed)
          ORDER BY random() LIMIT 1
          FOR UPDATE SKIP LOCKED
-"
-);
-
-/// [`PLACE_ONE_LINE`] when every bucket with enough was held: it picks one of them at random
-/// and waits for that one alone. The pick is made before any lock and the locking scan
-/// visits that bucket only, so the statement holds no lock while it waits, and when the
-/// bucket no longer has enough once it is free the statement takes nothing rather than trying
-/// another. Only run as its own transaction, holding nothing from an earlier statement.
-const PLACE_ONE_LINE_WAITING: &str = place_one_line!(
-    "     ), picked AS (
-         SELECT b.bucket FROM stock_buckets b
-         WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
-           AND b.bucket = (SELECT c.bucket FROM stock_buckets c
-                           WHERE c.product_id = $2::uuid AND c.inventory - c.reserved >= $3::int
-                             AND EXISTS (SELECT 1 FROM allowed)
-                           ORDER BY random() LIMIT 1)
-         FOR UPDATE
-"
-);
+     ), reserve AS (
+         UPDATE stock_buckets b SET reserved = b.reserved + $3::int
+         FROM skipped c
+         WHERE b.product_id = $2::uuid AND b.bucket = c.bucket AND b.inventory - b.reserved >= $3::int
+         RETURNING b.bucket
+     ), hold AS (
+         INSERT INTO customer_holdings AS h (product_id, customer_id, held)
+         SELECT $2::uuid, $5::text, $3::int FROM reserve, product WHERE product.capped
+         ON CONFLICT (product_id, customer_id) DO UPDATE SET held = h.held + excluded.held
+             WHERE h.held + excluded.held <= (SELECT max_per_customer FROM product)
+         RETURNING true
+     ), new_order AS (
+         INSERT INTO orders (id, status, currency, customer_id, created_at, updated_at)
+         SELECT $1::uuid, 'pending', currency, $5::text, now(), now() FROM reserve, product
+     ), items AS (
+         INSERT INTO order_items (order_id, product_id, quantity, unit_price, held)
+         SELECT $1::uuid, $2::uuid, $3::int, price, capped FROM reserve, product
+     ), ledger AS (
+         INSERT INTO inventory_ledger (product_id, inventory_delta, reserved_delta, reason, order_id, at, actor)
+         SELECT $2::uuid, 0, $3::int, 'reserve', $1::uuid, now(), $10::text FROM reserve
+     ), history AS (
+         INSERT INTO order_status_history (order_id, status, at, changed_by)
+         SELECT $1::uuid, 'pending', now(), $10::text FROM reserve
+     ), outbox AS (
+         INSERT INTO outbox (message_id, routing_key, payload, created_at)
+         SELECT $6::uuid, $7::text, $8::jsonb, $4::timestamptz FROM reserve
+     ), marked AS (
+         UPDATE outbox SET published_at = coalesce(published_at, now())
+         WHERE message_id IN (SELECT unnest((SELECT $9::uuid[])))
+     )
+     SELECT $2::uuid AS id, price, currency, now() AS at,
+            CASE WHEN capped AND NOT EXISTS (SELECT 1 FROM hold) THEN stock_moved_under_lock() END AS moved
+     FROM reserve, product";
 
 /// An order judged on the total of every bucket of its products, locked in
 /// `(product_id, bucket)` order (see [`PLACE_ONE_LINE`]); returns the products' price and
@@ -464,23 +424,11 @@ async fn place_order(
     client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
     sent: &SentMessages,
-    statements: Statements,
 ) -> Result<Option<Order>, StoreError> {
     let new = placement.new;
     let decision = match new.lines.single() {
         Some((product, quantity)) => {
-            let line = OneLine { product, quantity };
-            match place_one_line(client, placement, sent, line, PLACE_ONE_LINE).await? {
-                // Every bucket with enough was held: wait for one, in a transaction that
-                // holds nothing else.
-                Decision::Refused if statements == Statements::OwnTransactions => {
-                    match place_one_line(client, placement, sent, line, PLACE_ONE_LINE_WAITING)
-                        .await?
-                    {
-                        Decision::Refused => place_lines(client, placement, sent).await?,
-                        decided => decided,
-                    }
-                }
+            match place_one_line(client, placement, sent, product, quantity).await? {
                 // No single bucket had enough: judge the line on the product's total.
                 Decision::Refused => place_lines(client, placement, sent).await?,
                 decided => decided,
@@ -540,33 +488,17 @@ fn moved_under_lock(error: &StoreError) -> bool {
         if e.code().is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK))
 }
 
-/// Whether each placement statement commits on its own (no idempotency key) or they all run
-/// in the key's transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Statements {
-    OwnTransactions,
-    OneTransaction,
-}
-
-/// The line of a one-line order.
-#[derive(Debug, Clone, Copy)]
-struct OneLine {
-    product: ProductId,
-    quantity: Quantity,
-}
-
-/// Runs [`PLACE_ONE_LINE`] or [`PLACE_ONE_LINE_WAITING`]; `Refused` means only that the
-/// bucket it tried could not take the line.
+/// Runs [`PLACE_ONE_LINE`]; `Refused` means only that no single bucket could take the line.
 async fn place_one_line(
     client: &(impl ClientLike + ?Sized),
     placement: &Placement<'_>,
     sent: &SentMessages,
-    OneLine { product, quantity }: OneLine,
-    statement: &str,
+    product: ProductId,
+    quantity: Quantity,
 ) -> Result<Decision, StoreError> {
     let rows = run_placement(
         client,
-        statement,
+        PLACE_ONE_LINE,
         placement,
         sent,
         param(&product.as_uuid()),
