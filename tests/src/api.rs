@@ -286,6 +286,20 @@ impl Api {
         .await
     }
 
+    /// Changes a product's `stockBuckets` as staff would, asserting the 200 and the new
+    /// count; returns the product as answered.
+    pub async fn rebucket(&self, product_id: &str, buckets: u64) -> Value {
+        let response = self
+            .patch(
+                &format!("/products/{product_id}"),
+                json!({"stockBuckets": buckets}),
+            )
+            .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+        assert_eq!(response.body["stockBuckets"], buckets);
+        response.body
+    }
+
     /// Creates a product with `inventory` units at `price`, returning its id.
     pub async fn product(&self, price: &str, inventory: i64) -> String {
         let response = self

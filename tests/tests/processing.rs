@@ -12,6 +12,22 @@ fn id(response: &system_tests::TestResponse) -> String {
 }
 
 /// How many outbox rows of `order` are marked sent.
+/// Makes every update of `order` fail, as a message that breaks its transaction would.
+async fn refuse_updates_of(h: &Harness, order: &str) {
+    h.db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.id = '{order}' THEN RAISE EXCEPTION 'this order breaks'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_one BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION refuse_one();"
+        ))
+        .await
+        .unwrap();
+}
+
 async fn outbox_marked(h: &Harness, order: &str) -> i64 {
     h.db.scalar(&format!(
         "SELECT count(*) FROM outbox WHERE payload->>'orderId' = '{order}' AND published_at IS NOT NULL"
@@ -388,18 +404,7 @@ async fn one_message_that_breaks_the_batch_fails_alone() {
     let good = id(&h.api.order(&[(&product, 1)]).await);
     let bad = id(&h.api.order(&[(&product, 1)]).await);
     h.broker.drain(&h.broker.topology.queue).await;
-    h.db.client()
-        .await
-        .batch_execute(&format!(
-            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-               IF NEW.id = '{bad}' THEN RAISE EXCEPTION 'this order breaks'; END IF;
-               RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_one BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION refuse_one();"
-        ))
-        .await
-        .unwrap();
+    refuse_updates_of(&h, &bad).await;
     let summary = h
         .handle(&[
             EventMessage::order_event("order.created", &good, "pending"),
@@ -637,18 +642,7 @@ async fn a_large_batch_applied_in_parts_applies_each_effect_once() {
     }
     h.broker.drain(&h.broker.topology.queue).await;
     let bad = orders[137].clone();
-    h.db.client()
-        .await
-        .batch_execute(&format!(
-            "CREATE FUNCTION refuse_one() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-               IF NEW.id = '{bad}' THEN RAISE EXCEPTION 'this order breaks'; END IF;
-               RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_one BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION refuse_one();"
-        ))
-        .await
-        .unwrap();
+    refuse_updates_of(&h, &bad).await;
     // Every order's event twice, the copies far apart in the batch.
     let once: Vec<EventMessage> = orders
         .iter()

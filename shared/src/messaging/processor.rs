@@ -246,41 +246,51 @@ impl Processor {
         }))
         .await;
         for (part, result) in parts.iter().zip(results) {
-            match result {
-                Ok(outcomes) => {
-                    // Copies of one command in a batch (always in one part): the first made
-                    // the effect, the rest are duplicates of it.
-                    let mut seen = HashSet::new();
-                    for (index, (order, command, _)) in part.iter().copied() {
-                        let outcome = match disposition(outcomes.get(&(*order, *command)).copied())
-                        {
-                            Disposition::Applied if !seen.insert((*order, *command)) => {
-                                Disposition::Unchanged
-                            }
-                            other => other,
-                        };
-                        // The part was one statement: each message still gets its line, in
-                        // its own span.
-                        incoming[*index]
-                            .span()
-                            .in_scope(|| log_outcome(*order, *command, &outcome));
-                        dispositions[*index] = outcome;
-                    }
+            self.settle_part(incoming, part, result, dispositions).await;
+        }
+    }
+
+    /// What became of each message of one part, from its transaction's result.
+    async fn settle_part(
+        &self,
+        incoming: &[Incoming],
+        part: &[&IndexedCommand],
+        result: Result<store::BatchOutcomes, StoreError>,
+        dispositions: &mut [Disposition],
+    ) {
+        match result {
+            Ok(outcomes) => {
+                // Copies of one command in a batch (always in one part): the first made the
+                // effect, the rest are duplicates of it.
+                let mut seen = HashSet::new();
+                for (index, (order, command, _)) in part.iter().copied() {
+                    let outcome = match disposition(outcomes.get(&(*order, *command)).copied()) {
+                        Disposition::Applied if !seen.insert((*order, *command)) => {
+                            Disposition::Unchanged
+                        }
+                        other => other,
+                    };
+                    // The part was one statement: each message still gets its line, in its
+                    // own span.
+                    incoming[*index]
+                        .span()
+                        .in_scope(|| log_outcome(*order, *command, &outcome));
+                    dispositions[*index] = outcome;
                 }
-                Err(e) if e.is_unavailable() => {
-                    tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
-                    for (index, _) in part.iter().copied() {
-                        dispositions[*index] = Disposition::Wait("database unavailable".into());
-                    }
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %error_chain(&e), "database unavailable; the batch waits it out");
+                for (index, _) in part.iter().copied() {
+                    dispositions[*index] = Disposition::Wait("database unavailable".into());
                 }
-                Err(e) => {
-                    tracing::error!(error = %error_chain(&e), "batch failed; applying its messages one by one");
-                    for (index, command) in part.iter().copied() {
-                        dispositions[*index] = self
-                            .apply_one(command)
-                            .instrument(incoming[*index].span())
-                            .await;
-                    }
+            }
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "batch failed; applying its messages one by one");
+                for (index, command) in part.iter().copied() {
+                    dispositions[*index] = self
+                        .apply_one(command)
+                        .instrument(incoming[*index].span())
+                        .await;
                 }
             }
         }
@@ -461,8 +471,8 @@ fn disposition(outcome: Option<CommandOutcome>) -> Disposition {
     }
 }
 
-/// Below this many messages a batch is one transaction: another commit costs more than
-/// the parallelism gains.
+/// The fewest messages a part has: a batch under twice this is one transaction, because
+/// another commit would cost more than the parallelism gains.
 const MIN_PART: usize = 200;
 
 /// Splits a batch's commands into at most `connections` parts of whole orders, to be
