@@ -105,7 +105,7 @@ async fn created_orders_flow_through_rabbitmq_to_processed() {
     assert_eq!(history.as_array().unwrap().len(), 2);
     // The processor's own event went out (an `order.#` consumer sees it), not back to its
     // queue.
-    let audit = h.broker.drain(&h.broker.observer).await;
+    let audit = h.broker.drain(h.broker.observer()).await;
     let keys: Vec<String> = audit
         .iter()
         .map(|(data, _)| {

@@ -29,10 +29,10 @@ async fn a_row_the_broker_refuses_stays_counted_and_the_others_go_out() {
     // With nothing bound to `order.#`, the processor's own `processed` events have no queue.
     let broker = h.broker.broker();
     let channel = broker.channel().await.unwrap();
-    for queue in [&h.broker.topology.sink_queue, &h.broker.observer] {
+    for queue in [h.broker.topology.sink_queue.as_str(), h.broker.observer()] {
         channel
             .queue_unbind(
-                queue.as_str().into(),
+                queue.into(),
                 h.broker.config.exchange.as_str().into(),
                 "order.#".into(),
                 FieldTable::default(),

@@ -448,7 +448,7 @@ const HISTORY_ORDERS: i64 = 100_000;
 /// What both create-order parts measure on: a broker, our database and the limit's, both
 /// seeded alike as a shop in use, and the limit's runner (its files under `name`).
 async fn fixture(name: &str) -> (TestBroker, TestDb, TestDb, Limit) {
-    let broker = TestBroker::new().await;
+    let broker = TestBroker::without_observer().await;
     let ours_db = TestDb::with_pool_size(2).await;
     let limit_db = TestDb::with_pool_size(2).await;
     for db in [&ours_db, &limit_db] {

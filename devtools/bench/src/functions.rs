@@ -316,7 +316,7 @@ struct Fixture {
 impl Fixture {
     async fn new(orders_each: usize, unsent_outbox: usize) -> Self {
         let db = TestDb::with_pool_size(2).await;
-        let broker = TestBroker::new().await;
+        let broker = TestBroker::without_observer().await;
         seed::products(&db.owner).await;
         let to_cancel = seed::pending_orders(&db.owner, orders_each).await;
         let to_process = seed::pending_orders(&db.owner, orders_each).await;

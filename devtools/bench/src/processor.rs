@@ -63,7 +63,7 @@ fn commands(orders: &[Uuid]) -> Vec<(OrderId, OrderCommand, String)> {
 async fn set_based(size: usize, monitor: &ForeignCpu) -> (f64, (f64, f64, f64)) {
     let invocations = (10_000 / size).max(3);
     let (db, orders, warm_up) = orders(size * invocations).await;
-    let broker = TestBroker::new().await;
+    let broker = TestBroker::without_observer().await;
     let processor = Processor::new(db.pool.clone(), Publisher::new(broker.broker()));
     let events: Vec<_> = orders
         .chunks(size)
@@ -120,7 +120,7 @@ async fn database_only(size: usize) -> Duration {
 /// published and confirmed, then its outbox row marked sent.
 async fn per_message(size: usize) -> Duration {
     let (db, orders, warm_up) = orders(size).await;
-    let broker = TestBroker::new().await;
+    let broker = TestBroker::without_observer().await;
     let publisher = Publisher::new(broker.broker());
     one_by_one(&db, &publisher, warm_up).await;
     let start = Instant::now();
@@ -146,7 +146,7 @@ async fn one_by_one(db: &TestDb, publisher: &Publisher, order: Uuid) {
 /// awaiting their confirms and marking the outbox rows.
 async fn steps(size: usize) -> (Duration, Duration, Duration) {
     let (db, orders, warm_up) = orders(size).await;
-    let broker = TestBroker::new().await;
+    let broker = TestBroker::without_observer().await;
     let publisher = Publisher::new(broker.broker());
     one_by_one(&db, &publisher, warm_up).await;
     let commands = commands(&orders);
