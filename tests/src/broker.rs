@@ -220,7 +220,8 @@ fn aws_header(value: &AMQPValue) -> Value {
 /// The Amazon MQ for RabbitMQ event AWS sends, built from AWS's own example: messages keyed
 /// `queue::vhost`, base64 `data`, `basicProperties`, `redelivered`.
 pub fn rabbitmq_event(queue: &str, messages: &[EventMessage]) -> shared::messaging::AmazonMqEvent {
-    serde_json::from_value(rabbitmq_event_json(queue, messages))
+    // From the text, as the runtime reads the payload (messages are kept as raw JSON).
+    serde_json::from_str(&rabbitmq_event_json(queue, messages).to_string())
         .expect("the event has Amazon MQ's shape")
 }
 

@@ -510,7 +510,7 @@ async fn amazon_mq_nulls_and_unreadable_messages_never_fail_the_good_ones() {
     let fixture: serde_json::Value =
         serde_json::from_str(include_str!("../fixtures/rabbitmq-event.json")).unwrap();
     messages.push(fixture["rmqMessagesByQueue"]["test::/"][0].clone());
-    let event: shared::messaging::AmazonMqEvent = serde_json::from_value(event).unwrap();
+    let event: shared::messaging::AmazonMqEvent = serde_json::from_str(&event.to_string()).unwrap();
 
     let summary = h.processor.handle(&event).await.unwrap();
     assert_eq!((summary.applied, summary.parked), (1, 2), "{summary:?}");

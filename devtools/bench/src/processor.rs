@@ -7,10 +7,12 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use shared::config::DatabaseConfig;
+use shared::db::build_pool;
 use shared::domain::OrderId;
-use shared::messaging::{Processor, Publisher};
+use shared::messaging::{AmazonMqEvent, Processor, Publisher};
 use shared::store::{apply_order_commands, OrderCommand, SentMessages};
-use system_tests::{rabbitmq_event, EventMessage, TestBroker, TestDb};
+use system_tests::{rabbitmq_event, rabbitmq_event_json, EventMessage, TestBroker, TestDb};
 use uuid::Uuid;
 
 use crate::machine::{settle, wait_until_quiet, ForeignCpu};
@@ -60,35 +62,61 @@ fn commands(orders: &[Uuid]) -> Vec<(OrderId, OrderCommand, String)> {
 /// for their confirms, and its marks ride on the next invocation's transaction, so only a
 /// run of invocations shows what that costs. Returns messages per second over the run and
 /// the milliseconds of CPU per invocation: (this process, PostgreSQL, RabbitMQ).
+///
+/// Each invocation starts from its payload's bytes, as `lambda_runtime` hands them over, so
+/// reading the event is counted. The invocations run on a runtime of one thread with its own connections, as
+/// `process-orders` runs them (`current_thread`): on the bench's multi-threaded runtime the
+/// same work also pays for waking and switching worker threads.
 async fn set_based(size: usize, monitor: &ForeignCpu) -> (f64, (f64, f64, f64)) {
     let invocations = (10_000 / size).max(3);
     let (db, orders, warm_up) = orders(size * invocations).await;
     let broker = TestBroker::without_observer().await;
-    let processor = Processor::new(db.pool.clone(), Publisher::new(broker.broker()));
-    let events: Vec<_> = orders
+    // Each invocation's payload as the runtime receives it: JSON bytes, read in the run.
+    let payloads: Vec<Vec<u8>> = orders
         .chunks(size)
-        .map(|batch| rabbitmq_event(&broker.topology.queue, &created_messages(batch)))
+        .map(|batch| rabbitmq_event_json(&broker.topology.queue, &created_messages(batch)))
+        .map(|event| serde_json::to_vec(&event).expect("JSON"))
         .collect();
-    let summary = processor
-        .handle(&rabbitmq_event(
-            &broker.topology.queue,
-            &created_messages(&[warm_up]),
-        ))
-        .await
-        .expect("warm-up");
-    assert_eq!(summary.applied, 1, "{summary:?}");
+    let warm_up = rabbitmq_event(&broker.topology.queue, &created_messages(&[warm_up]));
+    let mut config = DatabaseConfig::from_url(&db.app_url).expect("the test database's url");
+    config.pool_size = 2;
+    config.multiplexed = db.multiplexed;
+    let pool = build_pool(&config).expect("pool");
+    let publisher = Publisher::new(broker.broker());
+    // The CPU is counted from the end of the warm-up (connections made, statements prepared).
+    let (warmed, is_warm) = tokio::sync::oneshot::channel();
+    let (go, start_run) = tokio::sync::oneshot::channel::<()>();
+    let run = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a one-thread runtime");
+        runtime.block_on(async move {
+            let processor = Processor::new(pool.clone(), publisher);
+            let summary = processor.handle(&warm_up).await.expect("warm-up");
+            assert_eq!(summary.applied, 1, "{summary:?}");
+            let _ = warmed.send(());
+            start_run.await.expect("the bench goes on");
+            let start = Instant::now();
+            for payload in &payloads {
+                let event: AmazonMqEvent = serde_json::from_slice(payload).expect("the event");
+                let summary = processor.handle(&event).await.expect("batch");
+                assert_eq!(summary.applied, size, "{summary:?}");
+            }
+            processor
+                .publisher()
+                .mark_confirmed(&pool)
+                .await
+                .expect("mark the last confirms");
+            start.elapsed()
+        })
+    });
+    is_warm.await.expect("warmed up");
     let mark = monitor.mark();
-    let start = Instant::now();
-    for event in &events {
-        let summary = processor.handle(event).await.expect("batch");
-        assert_eq!(summary.applied, size, "{summary:?}");
-    }
-    processor
-        .publisher()
-        .mark_confirmed(&db.pool)
+    go.send(()).expect("the run waits");
+    let elapsed = tokio::task::spawn_blocking(move || run.join().expect("the run"))
         .await
-        .expect("mark the last confirms");
-    let elapsed = start.elapsed();
+        .expect("the run's thread");
     let cpu = settle(monitor, mark).await;
     let unmarked = shared::store::unpublished_count(&db.pool)
         .await

@@ -13,7 +13,8 @@ use base64::Engine;
 use deadpool_postgres::Pool;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -82,11 +83,15 @@ enum Disposition {
 /// `priority` and `deliveryMode` are plain integers: Amazon MQ sends `null` for a property a
 /// message does not set, and one such message would fail the whole batch forever. Each
 /// message is read on its own, so one that does not even parse is parked alone.
+///
+/// The messages are kept as their raw JSON text and each is read straight into its type:
+/// building a `Value` tree of a 1,000-message payload first, then reading the types out of
+/// it, was most of the cost of decoding a batch (see BENCHMARKS.md, process-orders).
 #[derive(Debug, Default, serde::Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AmazonMqEvent {
     #[serde(default, rename = "rmqMessagesByQueue")]
-    pub messages_by_queue: HashMap<String, Vec<Value>>,
+    pub messages_by_queue: HashMap<String, Vec<Box<RawValue>>>,
 }
 
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -504,12 +509,14 @@ fn parts(commands: &[IndexedCommand], connections: usize) -> Vec<Vec<&IndexedCom
     parts
 }
 
-fn decode(queue: &str, index: usize, raw: &Value) -> Incoming {
-    let parsed = AmazonMqMessage::deserialize(raw);
+fn decode(queue: &str, index: usize, raw: &RawValue) -> Incoming {
+    let parsed = serde_json::from_str::<AmazonMqMessage>(raw.get());
     let unreadable = parsed.is_err();
     let mut message = parsed.unwrap_or_else(|_| AmazonMqMessage {
         // Keep what can be kept, so the parked copy still holds the body.
-        data: raw.get("data").and_then(Value::as_str).map(str::to_owned),
+        data: serde_json::from_str::<Value>(raw.get())
+            .ok()
+            .and_then(|raw| raw.get("data").and_then(Value::as_str).map(str::to_owned)),
         ..AmazonMqMessage::default()
     });
     let label = message
