@@ -86,31 +86,35 @@ async fn set_based(size: usize, monitor: &ForeignCpu) -> (f64, (f64, f64, f64)) 
     // The CPU is counted from the end of the warm-up (connections made, statements prepared).
     let (warmed, is_warm) = tokio::sync::oneshot::channel();
     let (go, start_run) = tokio::sync::oneshot::channel::<()>();
-    let run = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a one-thread runtime");
-        runtime.block_on(async move {
-            let processor = Processor::new(pool.clone(), publisher);
-            let summary = processor.handle(&warm_up).await.expect("warm-up");
-            assert_eq!(summary.applied, 1, "{summary:?}");
-            let _ = warmed.send(());
-            start_run.await.expect("the bench goes on");
-            let start = Instant::now();
-            for payload in &payloads {
-                let event: AmazonMqEvent = serde_json::from_slice(payload).expect("the event");
-                let summary = processor.handle(&event).await.expect("batch");
-                assert_eq!(summary.applied, size, "{summary:?}");
-            }
-            processor
-                .publisher()
-                .mark_confirmed(&pool)
-                .await
-                .expect("mark the last confirms");
-            start.elapsed()
+    // Named, so that `perf` can tell the function's thread from the bench's own.
+    let run = std::thread::Builder::new()
+        .name("process-orders".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a one-thread runtime");
+            runtime.block_on(async move {
+                let processor = Processor::new(pool.clone(), publisher);
+                let summary = processor.handle(&warm_up).await.expect("warm-up");
+                assert_eq!(summary.applied, 1, "{summary:?}");
+                let _ = warmed.send(());
+                start_run.await.expect("the bench goes on");
+                let start = Instant::now();
+                for payload in &payloads {
+                    let event: AmazonMqEvent = serde_json::from_slice(payload).expect("the event");
+                    let summary = processor.handle(&event).await.expect("batch");
+                    assert_eq!(summary.applied, size, "{summary:?}");
+                }
+                processor
+                    .publisher()
+                    .mark_confirmed(&pool)
+                    .await
+                    .expect("mark the last confirms");
+                start.elapsed()
+            })
         })
-    });
+        .expect("the invocations' thread");
     is_warm.await.expect("warmed up");
     let mark = monitor.mark();
     go.send(()).expect("the run waits");
