@@ -312,6 +312,71 @@ async fn a_customer_orders_racing_their_cancellations_never_hold_more_than_the_c
     h.db.assert_reserved_matches_open_orders().await;
 }
 
+/// A one-line order that finds every bucket with enough held waits for one of those, and
+/// for nothing else: not for an empty bucket another transaction holds, as an order that
+/// locks every bucket would.
+#[tokio::test]
+async fn a_one_line_order_finding_every_bucket_held_waits_only_for_one_that_can_take_it() {
+    let db = TestDb::new().await;
+    let api = Arc::new(Api::new(db.pool.clone()));
+    let product = bucketed_product(&api, 30, 4, json!(null)).await;
+    // Bucket 0 gives its units to bucket 1: the totals are unchanged.
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "UPDATE stock_buckets SET inventory = inventory
+                 + CASE bucket WHEN 1 THEN (SELECT inventory FROM stock_buckets
+                                            WHERE product_id = '{product}' AND bucket = 0)
+                               ELSE -inventory END
+             WHERE product_id = '{product}' AND bucket IN (0, 1)"
+        ))
+        .await
+        .expect("empty bucket 0");
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT inventory FROM stock_buckets WHERE product_id = '{product}' AND bucket = 0"
+        ))
+        .await,
+        0
+    );
+    let hold = |buckets: &'static str| {
+        let url = db.url.clone();
+        let product = product.clone();
+        async move {
+            let (holder, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("holder connection");
+            tokio::spawn(connection);
+            holder
+                .batch_execute(&format!(
+                    "BEGIN; SELECT 1 FROM stock_buckets
+                     WHERE product_id = '{product}' AND bucket IN ({buckets}) FOR UPDATE"
+                ))
+                .await
+                .expect("hold the buckets");
+            holder
+        }
+    };
+    let empty = hold("0").await;
+    let stocked = hold("1, 2, 3").await;
+    let order = {
+        let api = api.clone();
+        let product = product.clone();
+        tokio::spawn(async move { api.order(&[(&product, 1)]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!order.is_finished(), "the order waits for a stocked bucket");
+    stocked.batch_execute("ROLLBACK").await.expect("release");
+    let placed = tokio::time::timeout(std::time::Duration::from_secs(2), order)
+        .await
+        .expect("the order waited for the empty bucket")
+        .unwrap();
+    assert_eq!(placed.status, 201, "{}", placed.body);
+    empty.batch_execute("ROLLBACK").await.expect("release");
+    assert_eq!(api.stock(&product).await, (30, 1));
+    db.assert_always_invariants().await;
+}
+
 #[tokio::test]
 async fn bad_bucket_counts_and_caps_are_refused_naming_the_field() {
     let db = TestDb::new().await;

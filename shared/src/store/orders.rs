@@ -229,51 +229,12 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// How an order takes stock from bucketed products (migration V12), and why it cannot
-/// deadlock or oversell.
-///
-/// A one-line order (the common case, and all of a flash sale's load) runs [`PLACE_ONE_LINE`]:
-/// it reserves the whole line from one bucket that has enough, taking the first such bucket
-/// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits). When every
-/// such bucket is held or none has enough, or for several lines, the order runs
-/// [`PLACE_LINES`], which locks every bucket of its products in
-/// `(product_id, bucket)` order, judges each line on the product's total available, and takes
-/// a line from as many buckets as it needs, in bucket order.
-///
-/// No deadlock: [`PLACE_ONE_LINE`] never waits for a bucket (`SKIP LOCKED`; a bucket it
-/// locked whose recheck failed stays locked, so it must not wait for another: an earlier
-/// version that waited for a random bucket when all were held deadlocked under 400
-/// concurrent orders). [`PLACE_LINES`] takes every bucket lock in the one global order
-/// `(product_id, bucket)`, the order every statement that locks several buckets uses
-/// (adjustments, rebucketing, the processor). On a single-bucket product under contention
-/// the one-line statement finds its bucket held and the order waits in [`PLACE_LINES`]: one
-/// more round trip than when the row lock was waited for in place. Customer holdings are locked only after all of a
-/// statement's buckets, in product order, and the processor locks them last too.
-///
-/// No oversell, no stale refusal: under read committed a bucket locked after waiting is read
-/// in its latest committed version, so each line is judged on what is there now, and the
-/// CHECKs on every bucket stay the backstop. A statement's older snapshot can still hide
-/// stock added since it began (the `UPDATE`'s condition is first checked on the snapshot's
-/// version) or a holding raised since (the upsert's guard): the statement then raises
-/// `OM001` (`stock_moved_under_lock`, migration V2), undoing itself, and runs again. A
-/// refusal is explained by a fresh read of the totals ([`STOCK_SQL`]); when that read shows
-/// the order placeable (a rebucketing inserted buckets the statement could not see), it runs
-/// again instead of refusing.
-///
-/// `maxPerCustomer` is atomic with the reservation: the holding is raised in the same
-/// statement, under its row lock, with the guard `held + q <= limit`; a customer's concurrent
-/// orders queue on that one row. The product is read `FOR KEY SHARE` (the lock the foreign
-/// keys of the new rows take anyway), which conflicts with no update of its price or cap:
-/// an order takes the price and cap of its statement's snapshot, even when it then waits
-/// for a bucket while the product is repriced (before buckets, a waiting order took the
-/// new price, because it waited on the product row itself).
-///
-/// Both statements read their arrays through sub-selects, so that no estimate depends on
-/// the values: a custom plan then never looks cheaper than the generic one and PostgreSQL
-/// stops planning the many-CTE statement after five calls. With `= ANY($9)` an empty list of
-/// events to mark made every custom plan look cheaper, and each call spent more CPU planning
-/// than running (17 % of a backend's time in `perf`).
-const PLACE_ONE_LINE: &str = "WITH product AS (
+/// The one-line placement statement around `$pick`, the query that picks and locks the
+/// bucket the line is taken from.
+macro_rules! place_one_line {
+    ($pick:literal) => {
+        concat!(
+            "WITH product AS (
          SELECT p.price, p.currency, p.max_per_customer,
                 $5::text IS NOT NULL AND p.max_per_customer IS NOT NULL AS capped,
                 coalesce((SELECT h.held FROM customer_holdings h
@@ -282,13 +243,9 @@ const PLACE_ONE_LINE: &str = "WITH product AS (
          FOR KEY SHARE
      ), allowed AS (
          SELECT 1 FROM product WHERE NOT capped OR held + $3::int <= max_per_customer
-     ), skipped AS (
-         SELECT b.bucket FROM stock_buckets b
-         WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
-           AND EXISTS (SELECT 1 FROM allowed)
-         ORDER BY random() LIMIT 1
-         FOR UPDATE SKIP LOCKED
-     ), reserve AS (
+     ), skipped AS (",
+            $pick,
+            "), reserve AS (
          UPDATE stock_buckets b SET reserved = b.reserved + $3::int
          FROM skipped c
          WHERE b.product_id = $2::uuid AND b.bucket = c.bucket AND b.inventory - b.reserved >= $3::int
@@ -320,7 +277,81 @@ const PLACE_ONE_LINE: &str = "WITH product AS (
      )
      SELECT $2::uuid AS id, price, currency, now() AS at,
             CASE WHEN capped AND NOT EXISTS (SELECT 1 FROM hold) THEN stock_moved_under_lock() END AS moved
-     FROM reserve, product";
+     FROM reserve, product"
+        )
+    };
+}
+
+/// How an order takes stock from bucketed products (migration V12), and why it cannot
+/// deadlock or oversell.
+///
+/// A one-line order (the common case, and all of a flash sale's load) runs [`PLACE_ONE_LINE`]:
+/// it reserves the whole line from one bucket that has enough, taking the first such bucket
+/// that no one holds, in random order (`FOR UPDATE SKIP LOCKED`: it never waits). When every
+/// such bucket is held, [`WAIT_FOR_ONE_BUCKET`] waits for one of them, picked at random, and
+/// takes the line from it if it still has enough. When none has enough (or the one waited
+/// for was emptied meanwhile), or for several lines, the order runs
+/// [`PLACE_LINES`], which locks every bucket of its products in
+/// `(product_id, bucket)` order, judges each line on the product's total available, and takes
+/// a line from as many buckets as it needs, in bucket order.
+///
+/// No deadlock: [`PLACE_ONE_LINE`] never waits for a bucket (`SKIP LOCKED`; a bucket it
+/// locked whose recheck failed stays locked, so it must not wait for another: an earlier
+/// version that waited for a random bucket when all were held deadlocked under 400
+/// concurrent orders). [`WAIT_FOR_ONE_BUCKET`] is a statement of its own that names its one
+/// bucket before locking it, so it waits holding no bucket. [`PLACE_LINES`] takes every bucket lock in the one global order
+/// `(product_id, bucket)`, the order every statement that locks several buckets uses
+/// (adjustments, rebucketing, the processor). On a single-bucket product under contention
+/// the one-line statement finds its bucket held and the order waits in
+/// [`WAIT_FOR_ONE_BUCKET`]: one more round trip than when the row lock was waited for in
+/// place. Customer holdings are locked only after all of a
+/// statement's buckets, in product order, and the processor locks them last too.
+///
+/// No oversell, no stale refusal: under read committed a bucket locked after waiting is read
+/// in its latest committed version, so each line is judged on what is there now, and the
+/// CHECKs on every bucket stay the backstop. A statement's older snapshot can still hide
+/// stock added since it began (the `UPDATE`'s condition is first checked on the snapshot's
+/// version) or a holding raised since (the upsert's guard): the statement then raises
+/// `OM001` (`stock_moved_under_lock`, migration V2), undoing itself, and runs again. A
+/// refusal is explained by a fresh read of the totals ([`STOCK_SQL`]); when that read shows
+/// the order placeable (a rebucketing inserted buckets the statement could not see), it runs
+/// again instead of refusing.
+///
+/// `maxPerCustomer` is atomic with the reservation: the holding is raised in the same
+/// statement, under its row lock, with the guard `held + q <= limit`; a customer's concurrent
+/// orders queue on that one row. The product is read `FOR KEY SHARE` (the lock the foreign
+/// keys of the new rows take anyway), which conflicts with no update of its price or cap:
+/// an order takes the price and cap of its statement's snapshot, even when it then waits
+/// for a bucket while the product is repriced (before buckets, a waiting order took the
+/// new price, because it waited on the product row itself).
+///
+/// Both statements read their arrays through sub-selects, so that no estimate depends on
+/// the values: a custom plan then never looks cheaper than the generic one and PostgreSQL
+/// stops planning the many-CTE statement after five calls. With `= ANY($9)` an empty list of
+/// events to mark made every custom plan look cheaper, and each call spent more CPU planning
+/// than running (17 % of a backend's time in `perf`).
+const PLACE_ONE_LINE: &str = place_one_line!(
+    "SELECT b.bucket FROM stock_buckets b
+     WHERE b.product_id = $2::uuid AND b.inventory - b.reserved >= $3::int
+       AND EXISTS (SELECT 1 FROM allowed)
+     ORDER BY random() LIMIT 1
+     FOR UPDATE SKIP LOCKED"
+);
+
+/// [`PLACE_ONE_LINE`] for when every bucket with enough was held: it waits for one of them,
+/// picked at random on the statement's snapshot, and takes the line from it if it still has
+/// enough once its holder is gone. The bucket is named before the lock (an init plan), so
+/// the statement locks that one row or none and never waits holding another bucket.
+const WAIT_FOR_ONE_BUCKET: &str = place_one_line!(
+    "SELECT b.bucket FROM stock_buckets b
+     WHERE b.product_id = $2::uuid
+       AND b.bucket = (SELECT c.bucket FROM stock_buckets c
+                       WHERE c.product_id = $2::uuid AND c.inventory - c.reserved >= $3::int
+                       ORDER BY random() LIMIT 1)
+       AND b.inventory - b.reserved >= $3::int
+       AND EXISTS (SELECT 1 FROM allowed)
+     FOR UPDATE"
+);
 
 /// An order judged on the total of every bucket of its products, locked in
 /// `(product_id, bucket)` order (see [`PLACE_ONE_LINE`]); returns the products' price and
@@ -428,8 +459,18 @@ async fn place_order(
     let new = placement.new;
     let decision = match new.lines.single() {
         Some((product, quantity)) => {
-            match place_one_line(client, placement, sent, product, quantity).await? {
-                // No single bucket had enough: judge the line on the product's total.
+            let mut decided = Decision::Refused;
+            // A free bucket with enough; else wait for one of those that are held; else
+            // (none has enough, or the one waited for was emptied meanwhile) judge the line
+            // on the product's total.
+            for statement in [PLACE_ONE_LINE, WAIT_FOR_ONE_BUCKET] {
+                decided =
+                    place_one_line(client, statement, placement, sent, product, quantity).await?;
+                if !matches!(decided, Decision::Refused) {
+                    break;
+                }
+            }
+            match decided {
                 Decision::Refused => place_lines(client, placement, sent).await?,
                 decided => decided,
             }
@@ -488,9 +529,11 @@ fn moved_under_lock(error: &StoreError) -> bool {
         if e.code().is_some_and(|code| code.code() == STOCK_MOVED_UNDER_LOCK))
 }
 
-/// Runs [`PLACE_ONE_LINE`]; `Refused` means only that no single bucket could take the line.
+/// Runs a one-line statement ([`PLACE_ONE_LINE`] or [`WAIT_FOR_ONE_BUCKET`]); `Refused`
+/// means only that the bucket it tried could not take the line.
 async fn place_one_line(
     client: &(impl ClientLike + ?Sized),
+    statement: &'static str,
     placement: &Placement<'_>,
     sent: &SentMessages,
     product: ProductId,
@@ -498,7 +541,7 @@ async fn place_one_line(
 ) -> Result<Decision, StoreError> {
     let rows = run_placement(
         client,
-        PLACE_ONE_LINE,
+        statement,
         placement,
         sent,
         param(&product.as_uuid()),
