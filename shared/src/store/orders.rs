@@ -299,13 +299,13 @@ macro_rules! place_one_line {
 /// locked whose recheck failed stays locked, so it must not wait for another: an earlier
 /// version that waited for a random bucket when all were held deadlocked under 400
 /// concurrent orders). [`WAIT_FOR_ONE_BUCKET`] is a statement of its own that names its one
-/// bucket before locking it, so it waits holding no bucket. [`PLACE_LINES`] takes every bucket lock in the one global order
-/// `(product_id, bucket)`, the order every statement that locks several buckets uses
-/// (adjustments, rebucketing, the processor). On a single-bucket product under contention
-/// the one-line statement finds its bucket held and the order waits in
-/// [`WAIT_FOR_ONE_BUCKET`]: one more round trip than when the row lock was waited for in
-/// place. Customer holdings are locked only after all of a
-/// statement's buckets, in product order, and the processor locks them last too.
+/// bucket before locking it, so it waits holding no bucket. [`PLACE_LINES`] takes every
+/// bucket lock in the one global order `(product_id, bucket)`, the order every statement
+/// that locks several buckets uses (adjustments, rebucketing, the processor). On a
+/// single-bucket product under contention the one-line statement finds its bucket held and
+/// the order waits in [`WAIT_FOR_ONE_BUCKET`]: one more round trip than when the row lock
+/// was waited for in place. Customer holdings are locked only after all of a statement's
+/// buckets, in product order, and the processor locks them last too.
 ///
 /// No oversell, no stale refusal: under read committed a bucket locked after waiting is read
 /// in its latest committed version, so each line is judged on what is there now, and the
