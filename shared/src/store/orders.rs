@@ -459,21 +459,28 @@ async fn place_order(
     let new = placement.new;
     let decision = match new.lines.single() {
         Some((product, quantity)) => {
-            let mut decided = Decision::Refused;
             // A free bucket with enough; else wait for one of those that are held; else
             // (none has enough, or the one waited for was emptied meanwhile) judge the line
-            // on the product's total.
-            for statement in [PLACE_ONE_LINE, WAIT_FOR_ONE_BUCKET] {
-                decided =
-                    place_one_line(client, statement, placement, sent, product, quantity).await?;
-                if !matches!(decided, Decision::Refused) {
-                    break;
-                }
+            // on the product's total. A refusing statement still committed its marks (or
+            // made them in the caller's transaction), so the later ones have none to make.
+            let marked = SentMessages::none();
+            let mut decided =
+                place_one_line(client, PLACE_ONE_LINE, placement, sent, product, quantity).await?;
+            if matches!(decided, Decision::Refused) {
+                decided = place_one_line(
+                    client,
+                    WAIT_FOR_ONE_BUCKET,
+                    placement,
+                    &marked,
+                    product,
+                    quantity,
+                )
+                .await?;
             }
-            match decided {
-                Decision::Refused => place_lines(client, placement, sent).await?,
-                decided => decided,
+            if matches!(decided, Decision::Refused) {
+                decided = place_lines(client, placement, &marked).await?;
             }
+            decided
         }
         None => place_lines(client, placement, sent).await?,
     };
