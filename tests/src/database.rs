@@ -102,6 +102,21 @@ impl TestDb {
         self.owner.get().await.expect("test connection")
     }
 
+    /// Runs `sql` (typically `SELECT … FOR UPDATE`) in an open transaction on a session of
+    /// its own, without the functions' bounds, holding its locks until
+    /// [`LockHolder::release`] or until dropped: a long restock or a slow request.
+    pub async fn hold(&self, sql: &str) -> LockHolder {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("holder connection");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("BEGIN; {sql}"))
+            .await
+            .expect("lock");
+        LockHolder(client)
+    }
+
     /// Runs a query returning one `i64`, for assertions on the stored state.
     pub async fn scalar(&self, sql: &str) -> i64 {
         self.client()
@@ -242,5 +257,15 @@ impl Drop for TestDb {
                     .await;
             }
         });
+    }
+}
+
+/// A transaction holding locks for a test (see [`TestDb::hold`]).
+pub struct LockHolder(tokio_postgres::Client);
+
+impl LockHolder {
+    /// Rolls the transaction back, releasing its locks.
+    pub async fn release(self) {
+        self.0.batch_execute("ROLLBACK").await.expect("rollback");
     }
 }

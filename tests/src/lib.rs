@@ -11,7 +11,7 @@ pub use api::{Api, Identity, TestResponse, TEST_STAFF};
 pub use broker::{
     header_int, header_string, rabbitmq_event, rabbitmq_event_json, EventMessage, TestBroker,
 };
-pub use database::{TestDb, APP_ROLE};
+pub use database::{LockHolder, TestDb, APP_ROLE};
 pub use harness::Harness;
 
 /// The PostgreSQL server tests create their databases on.

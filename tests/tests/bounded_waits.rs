@@ -9,28 +9,6 @@ use system_tests::{Api, TestDb};
 
 const BOUND: Duration = Duration::from_millis(800);
 
-/// Holds `sql`'s row locks in an open transaction until dropped or rolled back, on a
-/// session of its own without the functions' bounds.
-struct Holder(tokio_postgres::Client);
-
-impl Holder {
-    async fn lock(db: &TestDb, sql: &str) -> Self {
-        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-            .await
-            .expect("holder connection");
-        tokio::spawn(connection);
-        client
-            .batch_execute(&format!("BEGIN; {sql}"))
-            .await
-            .expect("lock");
-        Self(client)
-    }
-
-    async fn release(self) {
-        self.0.batch_execute("ROLLBACK").await.expect("rollback");
-    }
-}
-
 async fn assert_unavailable_within_bound(
     api: &Api,
     method: &str,
@@ -63,11 +41,11 @@ async fn orders_waiting_on_a_locked_product_get_503_and_are_never_committed() {
     let a = api.product("1.00", 10).await;
     let b = api.product("2.00", 10).await;
     // A long restock holds the product's row.
-    let holder = Holder::lock(
-        &db,
-        &format!("SELECT 1 FROM products WHERE id = '{a}' FOR UPDATE"),
-    )
-    .await;
+    let holder = db
+        .hold(&format!(
+            "SELECT 1 FROM products WHERE id = '{a}' FOR UPDATE"
+        ))
+        .await;
     let json = [("content-type", "application/json")];
     let keyed = [
         ("content-type", "application/json"),
@@ -104,11 +82,11 @@ async fn a_status_change_waiting_on_a_locked_order_gets_503_and_changes_nothing(
         .as_str()
         .unwrap()
         .to_owned();
-    let holder = Holder::lock(
-        &db,
-        &format!("SELECT 1 FROM orders WHERE id = '{order}' FOR UPDATE"),
-    )
-    .await;
+    let holder = db
+        .hold(&format!(
+            "SELECT 1 FROM orders WHERE id = '{order}' FOR UPDATE"
+        ))
+        .await;
     assert_unavailable_within_bound(
         &api,
         "PATCH",
@@ -117,11 +95,11 @@ async fn a_status_change_waiting_on_a_locked_order_gets_503_and_changes_nothing(
         r#"{"status":"cancelled"}"#,
     )
     .await;
-    let adjust_holder = Holder::lock(
-        &db,
-        &format!("SELECT 1 FROM products WHERE id = '{product}' FOR UPDATE"),
-    )
-    .await;
+    let adjust_holder = db
+        .hold(&format!(
+            "SELECT 1 FROM products WHERE id = '{product}' FOR UPDATE"
+        ))
+        .await;
     assert_unavailable_within_bound(
         &api,
         "POST",

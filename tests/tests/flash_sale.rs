@@ -339,26 +339,14 @@ async fn a_one_line_order_finding_every_bucket_held_waits_only_for_one_that_can_
         .await,
         0
     );
-    let hold = |buckets: &'static str| {
-        let url = db.url.clone();
-        let product = product.clone();
-        async move {
-            let (holder, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("holder connection");
-            tokio::spawn(connection);
-            holder
-                .batch_execute(&format!(
-                    "BEGIN; SELECT 1 FROM stock_buckets
-                     WHERE product_id = '{product}' AND bucket IN ({buckets}) FOR UPDATE"
-                ))
-                .await
-                .expect("hold the buckets");
-            holder
-        }
+    let lock_buckets = |buckets: &str| {
+        format!(
+            "SELECT 1 FROM stock_buckets
+             WHERE product_id = '{product}' AND bucket IN ({buckets}) FOR UPDATE"
+        )
     };
-    let empty = hold("0").await;
-    let stocked = hold("1, 2, 3").await;
+    let empty = db.hold(&lock_buckets("0")).await;
+    let stocked = db.hold(&lock_buckets("1, 2, 3")).await;
     let order = {
         let api = api.clone();
         let product = product.clone();
@@ -366,13 +354,13 @@ async fn a_one_line_order_finding_every_bucket_held_waits_only_for_one_that_can_
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!order.is_finished(), "the order waits for a stocked bucket");
-    stocked.batch_execute("ROLLBACK").await.expect("release");
+    stocked.release().await;
     let placed = tokio::time::timeout(std::time::Duration::from_secs(2), order)
         .await
         .expect("the order waited for the empty bucket")
         .unwrap();
     assert_eq!(placed.status, 201, "{}", placed.body);
-    empty.batch_execute("ROLLBACK").await.expect("release");
+    empty.release().await;
     assert_eq!(api.stock(&product).await, (30, 1));
     db.assert_always_invariants().await;
 }
